@@ -1,0 +1,3 @@
+from mlic.cli import main
+
+raise SystemExit(main())

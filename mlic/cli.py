@@ -1,0 +1,173 @@
+"""The ``mlic`` command. Each sub-command is a thin layer over the Python API.
+
+Errors that are the user's to fix (``MlicError``) print one clear message and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> None:
+    from mlic.engine import train
+    if args.resume is None and args.config is None and not args.overrides:
+        raise SystemExit("mlic train: give --config FILE and/or key=value overrides, or --resume RUN")
+    train(args.config, args.overrides, resume=args.resume, progress=not args.no_progress)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from mlic.engine.evaluate import format_report
+    from mlic.evaluation import evaluate
+    data = None
+    if args.data:
+        data = {"path": args.data}
+        if args.format:
+            data["format"] = args.format
+        for option in args.option or []:
+            key, _, value = option.partition("=")
+            data[key] = value
+    thresholds = args.threshold if args.threshold is not None else "model"
+    report = evaluate(args.run, data, split=args.split, thresholds=thresholds,
+                      empty_classes=args.empty_classes, batch_size=args.batch_size,
+                      device=args.device, progress=not args.no_progress)
+    print(format_report(report, per_class=args.per_class))
+    if Path(args.run).is_dir():
+        print(f"written: {Path(args.run) / ('eval_' + report['split'] + '.json')}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from mlic.inference import Predictor, expand_image_paths
+    predictor = Predictor.load(args.run, device=args.device)
+    if args.threshold is not None:
+        predictor.thresholds[:] = args.threshold
+    images = expand_image_paths(args.images)
+    results = predictor.predict(images, batch_size=args.batch_size)
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            for r in results:
+                r["scores"] = dict(list(r["scores"].items())[:args.top]) if args.top else r["scores"]
+            json.dump(results, out, indent=2)
+            out.write("\n")
+        else:
+            writer = csv.writer(out)
+            writer.writerow(["image", "labels", *predictor.label_names])
+            for r in results:
+                writer.writerow([r["image"], "|".join(r["labels"]),
+                                 *(f"{r['scores'][n]:.6f}" for n in predictor.label_names)])
+    finally:
+        if args.output:
+            out.close()
+            print(f"{len(results)} predictions written to {args.output}", file=sys.stderr)
+
+
+def _data_stats(args: argparse.Namespace) -> None:
+    from mlic.data.formats import load_table
+    from mlic.data.stats import describe
+    spec = {"path": args.dataset}
+    if args.format:
+        spec["format"] = args.format
+    for option in args.option or []:
+        key, _, value = option.partition("=")
+        spec[key] = value
+    print(describe(load_table(spec), top=args.top))
+
+
+def _data_emoji(args: argparse.Namespace) -> None:
+    from mlic.data.emoji import build_emoji_benchmark
+    info = build_emoji_benchmark(args.out, min_emoji_per_label=args.min_emoji,
+                                 packages_dir=args.packages)
+    print(json.dumps({k: v for k, v in info.items() if k != "label_frequencies"}, indent=2))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from mlic.demo import run_demo
+    run_demo(args.out, epochs=args.epochs, progress=not args.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlic", description="Multi-label image classification.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config and key=value overrides")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=0.001")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="mAP, CP/CR/CF1, OP/OR/OF1 and per-class AP of a trained model")
+    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("--data", help="annotations to evaluate on (default: the run's test split)")
+    p.add_argument("--format", help="annotation format of --data (default: detected)")
+    p.add_argument("--option", action="append", help="format option key=value, e.g. split=test")
+    p.add_argument("--split", help="which split of the run's config (test or val)")
+    p.add_argument("--threshold", type=float, help="one threshold for all classes "
+                   "(default: the model's own, per class if tuned)")
+    p.add_argument("--empty-classes", choices=["skip", "zero"], default="skip",
+                   help="classes without positives: left out of mAP (default) or counted as 0")
+    p.add_argument("--per-class", type=int, default=10, help="best/worst classes to list")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("predict", help="labels and scores for images, folders or globs")
+    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--output", "-o", help="file to write (default: standard output)")
+    p.add_argument("--threshold", type=float, help="override the model's thresholds")
+    p.add_argument("--top", type=int, default=10, help="scores to list per image in JSON (0: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_predict)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command",
+                                                                       required=True)
+    p = data.add_parser("stats", help="images, labels per image, frequencies, co-occurrence")
+    p.add_argument("dataset", help="annotation file or dataset folder")
+    p.add_argument("--format", help="annotation format (default: detected)")
+    p.add_argument("--option", action="append", help="format option key=value, e.g. split=test")
+    p.add_argument("--top", type=int, default=20)
+    p.set_defaults(func=_data_stats)
+    p = data.add_parser("emoji", help="build the emoji benchmark from pinned npm packages")
+    p.add_argument("--out", default="data/emoji")
+    p.add_argument("--min-emoji", type=int, default=10, help="keep a tag carried by >= this many emoji")
+    p.add_argument("--packages", help="folder of pre-fetched npm tarballs (default: npm pack)")
+    p.set_defaults(func=_data_emoji)
+
+    p = sub.add_parser("demo", help="build the emoji benchmark, train, evaluate and predict")
+    p.add_argument("--out", default="demo", help="folder for the data and the run")
+    p.add_argument("--epochs", type=int, default=None, help="default: the demo recipe's")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mlic.errors import MlicError
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MlicError as e:
+        print(f"mlic {args.command}: error: {clean_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlic {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def clean_message(error: Exception) -> str:
+    """The user's part of an error; DataLoader workers wrap errors in a traceback text."""
+    text = str(error)
+    marker = "Original Traceback (most recent call last):"
+    if marker in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text

@@ -1,0 +1,228 @@
+"""Configuration: defaults, YAML files, dotted command-line overrides, and checks.
+
+A config is a nested dict. ``DEFAULTS`` below is the schema: every key a user may set exists
+there, and its default's type is the type the key must have. A key that is not in the schema is an
+error with the nearest valid key suggested, so a typo never silently falls back to a default.
+A few sections hold free-form mappings (``data.train`` and friends, ``loss.params``,
+``model.head_params``): their contents are checked by whoever consumes them.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from mlic.errors import ConfigError
+
+# Keys whose value is a free mapping (or a path): not checked against the schema here.
+FREE_KEYS = {"data.train", "data.val", "data.test", "loss.params", "model.head_params",
+             "data.classes"}
+
+DEFAULTS: dict[str, Any] = {
+    "name": None,            # run folder name; default: <config stem>-<timestamp>
+    "output_dir": "runs",    # parent of run folders
+    "seed": 0,
+    "device": "auto",        # auto | cpu | cuda | cuda:N
+    "data": {
+        "train": None,       # split spec: path, or {format, path, root, ...options}
+        "val": None,         # used for model selection (model vs EMA); optional
+        "test": None,        # evaluated once at the end with the selected weights; optional
+        "classes": None,     # label order: list or file; default: the training table's
+        "image_size": 224,
+        "num_workers": 2,
+        "check_images": "exists",  # exists | decode | none: what is checked before training
+        "augment": {
+            "hflip": True,   # off for data where left/right is a label (the emoji benchmark)
+            "shift": 0,      # random translation, in pixels, up to this much
+            "randaugment": None,  # timm rand-augment string, e.g. "rand-m9-n2-mstd0.5"
+            "cutout": 0.0,   # side of the cutout square as a fraction of the image; 0 = off
+            "cutout_p": 0.5,
+        },
+    },
+    "model": {
+        "backbone": "resnet18",
+        "head": "linear",
+        "pretrained": False,  # true: offline package weights if they exist, else timm's hub
+        "weights": None,      # a local .safetensors / .pth file for the backbone
+        "drop_rate": 0.0,
+        "head_params": {},
+    },
+    "loss": {
+        "name": "bce",
+        "params": {},
+    },
+    "train": {
+        "epochs": 10,
+        "batch_size": 32,
+        "optimizer": "adamw",   # adamw | sgd | adam
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "momentum": 0.9,
+        "no_bias_decay": True,  # no weight decay on biases and norm weights
+        "scheduler": "onecycle",  # onecycle | cosine | constant
+        "pct_start": 0.2,
+        "div_factor": 25.0,
+        "final_div_factor": 1e4,
+        "ema": 0.0,             # EMA decay per step; 0 = off
+        "amp": True,            # mixed precision on CUDA; ignored on CPU
+        "grad_clip": 0.0,
+        "log_every": 20,
+        "channels_last": False,
+    },
+    "eval": {
+        "batch_size": 64,
+        "threshold": 0.5,
+        "empty_classes": "skip",  # skip | zero: classes without positives in mAP
+    },
+}
+
+CHOICES = {
+    "device": None,
+    "data.check_images": ("exists", "decode", "none"),
+    "train.optimizer": ("adamw", "sgd", "adam"),
+    "train.scheduler": ("onecycle", "cosine", "constant"),
+    "eval.empty_classes": ("skip", "zero"),
+}
+
+POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "eval.batch_size",
+            "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every"}
+NON_NEGATIVE = {"train.weight_decay", "train.momentum", "train.ema", "train.grad_clip",
+                "data.num_workers", "data.augment.shift", "data.augment.cutout"}
+UNIT_INTERVAL = {"eval.threshold", "train.ema", "train.pct_start", "data.augment.cutout",
+                 "data.augment.cutout_p", "train.momentum", "model.drop_rate"}
+
+
+def default_config() -> dict[str, Any]:
+    return copy.deepcopy(DEFAULTS)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, then the YAML file (if any), then ``key.sub=value`` overrides; checked."""
+    config = copy.deepcopy(dict(base)) if base is not None else default_config()
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(loaded).__name__}")
+        merge(config, loaded, where=str(path))
+        if config.get("name") is None:
+            config["name"] = path.stem
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        set_dotted(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    check(config)
+    return config
+
+
+def merge(config: dict, update: Mapping, where: str = "config", prefix: str = "") -> None:
+    """Merge ``update`` into ``config`` in place, refusing keys the schema does not know."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in config:
+            raise ConfigError(f"{where}: unknown key '{dotted}'{_suggest(dotted, config, prefix)}")
+        if isinstance(config[key], dict) and dotted not in FREE_KEYS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: '{dotted}' must be a mapping of keys, got {value!r}")
+            merge(config[key], value, where, prefix=f"{dotted}.")
+        else:
+            config[key] = value
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = config
+    for depth, part in enumerate(parts[:-1]):
+        dotted = ".".join(parts[:depth + 1])
+        if dotted in FREE_KEYS:  # e.g. data.train.root=/data: into a free mapping
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else {"path": node[part]}
+            node = node[part]
+            for sub in parts[depth + 1:-1]:
+                node = node.setdefault(sub, {})
+            node[parts[-1]] = value
+            return
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown key '{key}'{_suggest(key, config)}")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"unknown key '{key}'{_suggest(key, config)}")
+    if isinstance(node[parts[-1]], dict) and key not in FREE_KEYS:
+        raise ConfigError(f"'{key}' is a section; set one of its keys, e.g. '{key}.{next(iter(node[parts[-1]]))}'")
+    node[parts[-1]] = value
+
+
+def _all_keys(config: Mapping, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, dict) and dotted not in FREE_KEYS:
+            keys += _all_keys(value, f"{dotted}.")
+    return keys
+
+
+def _suggest(key: str, config: Mapping, prefix: str = "") -> str:
+    candidates = _all_keys(DEFAULTS)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not close:  # compare the last part only: 'trian.lr' vs 'train.lr' is caught above
+        last = key.rsplit(".", 1)[-1]
+        by_last = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        close = [by_last[m] for m in difflib.get_close_matches(last, list(by_last), n=1, cutoff=0.7)]
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _walk(config: Mapping, schema: Mapping, prefix: str = ""):
+    for key, default in schema.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(default, dict) and dotted not in FREE_KEYS:
+            yield from _walk(config[key], default, f"{dotted}.")
+        else:
+            yield dotted, config[key], default
+
+
+def check(config: Mapping[str, Any]) -> None:
+    """Types and ranges of every schema key; raises one ConfigError naming the key."""
+    for key, value, default in _walk(config, DEFAULTS):
+        if value is None or default is None or key in FREE_KEYS:
+            continue
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"'{key}' must be {expected.__name__}, got {value!r}")
+        if key in CHOICES and CHOICES[key] and value not in CHOICES[key]:
+            raise ConfigError(f"'{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        if key in POSITIVE and value <= 0:
+            raise ConfigError(f"'{key}' must be > 0, got {value!r}")
+        if key in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"'{key}' must be >= 0, got {value!r}")
+        if key in UNIT_INTERVAL and not 0 <= value <= 1:
+            raise ConfigError(f"'{key}' must be in [0, 1], got {value!r}")
+
+
+def save_config(config: Mapping[str, Any], path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_plain(config), f, sort_keys=False)
+
+
+def to_plain(value: Any) -> Any:
+    """Paths and tuples to YAML-friendly strings and lists."""
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

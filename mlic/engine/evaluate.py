@@ -1,0 +1,80 @@
+"""Scores of a model over a loader, and the metrics report built from them.
+
+Scores are gathered for the whole split before any metric is computed: mAP is a ranking over all
+images, and an average of per-batch (or per-rank) mAPs is a different, wrong number.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mlic.data.transforms import batch_to_device
+from mlic.metrics import mean_average_precision, threshold_metrics
+from mlic.models import MultiLabelClassifier
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def predict_scores(model: MultiLabelClassifier, loader, device: torch.device, amp: bool = False,
+                   channels_last: bool = False, desc: str = "eval", progress: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) and targets (N, C) over the loader, in loader order."""
+    was_training = model.training
+    model.eval()
+    scores, targets = [], []
+    for images, target in tqdm(loader, desc=desc, leave=False, disable=not progress,
+                               mininterval=2.0):
+        with autocast(device, amp):
+            logits = model(batch_to_device(images, device, channels_last))
+        scores.append(model.probabilities(logits).cpu().numpy())
+        targets.append(target.numpy())
+    model.train(was_training)
+    return np.concatenate(scores).astype(np.float64), np.concatenate(targets).astype(np.int8)
+
+
+def metrics_report(scores: np.ndarray, targets: np.ndarray, label_names: list[str],
+                   thresholds: float | np.ndarray = 0.5, empty_classes: str = "skip") -> dict[str, Any]:
+    """mAP, CP/CR/CF1, OP/OR/OF1 and per-class AP; unknown (-1) targets are left out everywhere."""
+    ap = mean_average_precision(scores, targets, empty=empty_classes)
+    report: dict[str, Any] = {"mAP": float(ap.map)}
+    report.update({k: float(v) for k, v in threshold_metrics(scores, targets, thresholds).items()})
+    report["num_images"] = int(len(scores))
+    report["empty_classes"] = [label_names[j] for j in ap.empty_classes]
+    positives = (targets == 1).sum(axis=0)
+    report["per_class"] = [
+        {"label": name, "AP": None if np.isnan(ap.per_class[j]) else float(ap.per_class[j]),
+         "positives": int(positives[j])}
+        for j, name in enumerate(label_names)]
+    return report
+
+
+def format_report(report: dict[str, Any], per_class: int = 10) -> str:
+    lines = [f"mAP {100 * report['mAP']:.2f}  over {report['num_images']} images"]
+    lines.append("  ".join(f"{k} {100 * report[k]:.2f}" for k in ("CP", "CR", "CF1")) +
+                 f"  (mean per-class F1 {100 * report['mean_F1']:.2f})")
+    lines.append("  ".join(f"{k} {100 * report[k]:.2f}" for k in ("OP", "OR", "OF1")))
+    if report["empty_classes"]:
+        names = report["empty_classes"]
+        lines.append(f"{len(names)} classes have no positives here and are left out of mAP: "
+                     + ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+    rows = sorted((r for r in report["per_class"] if r["AP"] is not None), key=lambda r: r["AP"])
+    if per_class and rows:
+        def table(items):
+            return "\n".join(f"    {r['label'][:28]:<28} AP {100 * r['AP']:6.2f}  ({r['positives']} pos)"
+                             for r in items)
+        if len(rows) <= 2 * per_class:
+            lines.append("  per-class AP:\n" + table(rows[::-1]))
+        else:
+            lines.append(f"  best {per_class} classes:\n" + table(rows[::-1][:per_class]))
+            lines.append(f"  worst {per_class} classes:\n" + table(rows[:per_class]))
+    return "\n".join(lines)

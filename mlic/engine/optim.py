@@ -1,0 +1,59 @@
+"""Optimizer and learning-rate schedule.
+
+No-bias-decay: weight decay pulls weights towards zero, which regularises convolution and linear
+weights but only distorts biases and normalisation scales; those go in a group without decay.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from mlic.errors import ConfigError
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool = True
+                     ) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if no_bias_decay and (param.ndim <= 1 or name.endswith(".bias")):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
+    return groups
+
+
+def build_optimizer(model: nn.Module, train: Mapping[str, Any]) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, train["weight_decay"], train["no_bias_decay"])
+    name, lr = train["optimizer"], float(train["lr"])
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adam":  # L2-style decay, as the ASL recipe
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=train["momentum"])
+    raise ConfigError(f"train.optimizer: unknown optimizer {name!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: Mapping[str, Any], steps_per_epoch: int
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per optimizer step."""
+    total = max(int(train["epochs"]) * steps_per_epoch, 1)
+    kind = train["scheduler"]
+    if kind == "onecycle":
+        # Momentum cycling needs a momentum/beta1 to cycle; all three optimizers have one.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=float(train["pct_start"]), div_factor=float(train["div_factor"]),
+            final_div_factor=float(train["final_div_factor"]), anneal_strategy="cos")
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    raise ConfigError(f"train.scheduler: unknown schedule {kind!r}")

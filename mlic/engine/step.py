@@ -1,0 +1,45 @@
+"""One optimisation step: forward, loss, backward, optimizer step, with mixed precision.
+
+Split from the epoch loop so that SAM (two forward/backward passes per step) and gradient
+accumulation can replace it without touching anything else.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlic.engine.evaluate import autocast
+
+
+class OptimizerStep:
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, amp: bool = False, grad_clip: float = 0.0):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.device, self.grad_clip = device, grad_clip
+        self.amp = amp and device.type == "cuda"
+        fp16 = self.amp and not torch.cuda.is_bf16_supported()
+        # A gradient scaler is only needed for fp16; bf16 has float32's range.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, bool]:
+        """Returns (loss, stepped): ``stepped`` is False when fp16 overflow made the scaler skip."""
+        with autocast(self.device, self.amp):
+            logits = self.model(images)
+        loss = self.loss_fn(logits.float(), targets)  # losses run in float32
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        stepped = scale_before is None or self.scaler.get_scale() >= scale_before
+        return float(loss.detach()), stepped
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

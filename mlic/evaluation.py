@@ -1,0 +1,65 @@
+"""``mlic eval``: metrics of a saved model on a split, written beside the run.
+
+By default the run's own test split (else its validation split) is used; ``data`` takes any split
+spec instead. The split's labels are aligned to the model's label order; labels the model does
+not know are ignored, labels the split lacks count as negative for every image.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from mlic.data.dataset import check_images
+from mlic.data.formats import load_table
+from mlic.data.transforms import eval_transform
+from mlic.engine.checkpoint import load_model, write_json
+from mlic.engine.evaluate import metrics_report, predict_scores
+from mlic.engine.trainer import make_loader, resolve_device
+from mlic.errors import ConfigError
+
+
+def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None,
+             split: str | None = None, thresholds: float | str | None = None,
+             empty_classes: str = "skip", batch_size: int = 64, device: str = "auto",
+             num_workers: int = 2, tag: str = "best", progress: bool = True) -> dict[str, Any]:
+    """Evaluate; returns the report (also written to ``<run>/eval_<name>.json``).
+
+    ``thresholds``: a number, "model" (the model's own, per-class if tuned), or None (0.5).
+    """
+    run = Path(run)
+    model, meta = load_model(run, tag)
+    name = split or "custom"
+    if data is None:
+        config_path = run / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError(f"{run}: no config.yaml to find the evaluation split in; pass --data")
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        for key in ([split] if split else ["test", "val"]):
+            if config.get("data", {}).get(key):
+                data, name = config["data"][key], key
+                break
+        if data is None:
+            raise ConfigError(f"{run}: the run has no {split or 'test or val'} split; pass --data")
+    table = load_table(data).with_labels(meta["label_names"], "negative")
+    check_images(table, "exists", progress)
+    if thresholds == "model":
+        thresholds = np.asarray(meta.get("thresholds", 0.5), dtype=np.float64)
+    elif thresholds is None:
+        thresholds = 0.5
+    dev = resolve_device(device)
+    model.to(dev)
+    loader = make_loader(table, eval_transform(model.preprocessing), batch_size, num_workers, False)
+    scores, targets = predict_scores(model, loader, dev, desc=f"eval {name}", progress=progress)
+    report = metrics_report(scores, targets, meta["label_names"], thresholds, empty_classes)
+    report["split"], report["source"] = name, table.source
+    if run.is_dir():
+        write_json(run / f"eval_{name}.json", report)
+        with open(run / f"per_class_ap_{name}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["label", "AP", "positives"])
+            writer.writeheader()
+            writer.writerows(report["per_class"])
+    return report

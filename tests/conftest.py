@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny, learnable multi-label image set written in the plain CSV format.
+
+Each 32x32 image holds 1-3 coloured squares; the labels are the colours present. A tiny timm
+backbone learns it in a few steps, so end-to-end tests run in seconds on a CPU.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+TINY_BACKBONE = "test_efficientnet"
+
+
+def make_colour_images(folder: Path, count: int, seed: int = 0) -> list[tuple[str, list[str]]]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    rows = []
+    for i in range(count):
+        present = sorted(rng.choice(names, size=rng.integers(1, 4), replace=False).tolist())
+        image = np.full((32, 32, 3), 255, dtype=np.uint8)
+        for k, name in enumerate(present):
+            y, x = divmod(k, 2)
+            image[y * 16 + 2:y * 16 + 14, x * 16 + 2:x * 16 + 14] = COLOURS[name]
+        path = folder / f"img{i:03d}.png"
+        Image.fromarray(image).save(path)
+        rows.append((path.name, present))
+    return rows
+
+
+def write_plain_csv(path: Path, rows: list[tuple[str, list[str]]], prefix: str = "") -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "labels"])
+        for name, labels in rows:
+            writer.writerow([prefix + name, "|".join(labels)])
+    return path
+
+
+@pytest.fixture(scope="session")
+def colour_dataset(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("colours")
+    train = write_plain_csv(root / "train.csv", make_colour_images(root / "images", 48, seed=0),
+                            "images/")
+    test = write_plain_csv(root / "test.csv", make_colour_images(root / "test_images", 24, seed=1),
+                           "test_images/")
+    return {"root": root, "train": train, "test": test}
+
+
+def tiny_config(dataset: dict[str, Path], out: Path, **train) -> dict:
+    return {
+        "output_dir": str(out), "name": "tiny", "device": "cpu",
+        "data": {"train": str(dataset["train"]), "val": str(dataset["test"]),
+                 "test": str(dataset["test"]), "image_size": 32, "num_workers": 0},
+        "model": {"backbone": TINY_BACKBONE},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, **train},
+        "eval": {"batch_size": 32},
+    }
