@@ -1,0 +1,65 @@
+"""Small helpers the format loaders share: reading annotation files and checking image paths.
+
+Image paths inside annotation files are kept relative to the image root, so a table can be
+moved with its images. A path that leaves the root (absolute, ``..``) usually means a wrong or
+hostile annotation file, so it is refused unless the user opts in with ``allow_outside_root``.
+"""
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from mlic.errors import DataError
+
+
+def safe_relative(path_str: str, root: str | Path | None, source: object,
+                  allow_outside_root: bool = False) -> str:
+    """Return ``path_str`` as a normalised path relative to ``root``.
+
+    ``source`` names the file (and entry) for the error message. The check is lexical, not
+    ``resolve()``: image folders are often symlinks to other disks, which is fine.
+    """
+    if not isinstance(path_str, str) or not path_str.strip():
+        raise DataError(f"image path must be a non-empty string, got {path_str!r}", source)
+    text = path_str.strip()
+    # Fast path for the common bare file name ("000005.jpg"): only ".." can leave the root.
+    if "/" not in text and "\\" not in text and ":" not in text and text not in (".", ".."):
+        return text
+    posix = text.replace("\\", "/") if PureWindowsPath(text).drive else text
+    normal = posixpath.normpath(posix)
+    outside = (PurePosixPath(posix).is_absolute() or bool(PureWindowsPath(text).drive)
+               or normal == ".." or normal.startswith("../"))
+    if not outside:
+        return normal
+    if allow_outside_root:
+        return text
+    raise DataError(f"image path {text!r} is outside the image root {root}; "
+                    "set allow_outside_root: true if that is intended", source)
+
+
+def image_root(root: str | Path | None, default: Path) -> Path:
+    """The user's image folder if given, else the format's default."""
+    return Path(root).expanduser() if root is not None else default
+
+
+def read_text(path: Path, what: str = "annotation file") -> str:
+    """Whole text of a UTF-8 file, with the problem named instead of an OSError traceback."""
+    try:
+        # utf-8-sig: files saved by Windows tools often start with a byte-order mark.
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{what} not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what}: {e}", path) from None
+
+
+def as_bool(value: object, name: str, source: object) -> bool:
+    """A yes/no option; ``mlic data stats --option key=false`` hands it over as a string."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise DataError(f"option {name}={value!r}: expected true or false", source)
