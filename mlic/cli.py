@@ -33,7 +33,8 @@ def _eval(args: argparse.Namespace) -> None:
     thresholds = args.threshold if args.threshold is not None else "model"
     report = evaluate(args.run, data, split=args.split, thresholds=thresholds,
                       empty_classes=args.empty_classes, batch_size=args.batch_size,
-                      device=args.device, progress=not args.no_progress)
+                      device=args.device, num_workers=args.num_workers,
+                      progress=not args.no_progress)
     print(format_report(report, per_class=args.per_class))
     if Path(args.run).is_dir():
         print(f"written: {Path(args.run) / ('eval_' + report['split'] + '.json')}")
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=10, help="best/worst classes to list")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval)
 
@@ -151,7 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from mlic.errors import MlicError
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options (`mlic train --config c.yaml a=1 --no-progress b=2`).
+    if extra and args.command == "train" and all("=" in item and not item.startswith("-")
+                                                 for item in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except MlicError as e:

@@ -198,9 +198,10 @@ def check(config: Mapping[str, Any]) -> None:
         if value is None or default is None or key in FREE_KEYS:
             continue
         expected = type(default)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        # An int is a fine float (lr=1, threshold=0); it still goes through the range checks below.
+        int_for_float = expected is float and isinstance(value, int) and not isinstance(value, bool)
+        if not int_for_float and (not isinstance(value, expected)
+                                  or (expected is int and isinstance(value, bool))):
             raise ConfigError(f"'{key}' must be {expected.__name__}, got {value!r}")
         if key in CHOICES and CHOICES[key] and value not in CHOICES[key]:
             raise ConfigError(f"'{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")

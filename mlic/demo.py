@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlic.config import load_config
 from mlic.data.emoji import build_emoji_benchmark
+from mlic.data.formats.csv_table import load_csv
 from mlic.engine import train
 from mlic.inference import Predictor
 
@@ -29,12 +30,14 @@ def demo_config_path() -> Path:
 
 
 def run_demo(out: str | Path = "demo", epochs: int | None = None, progress: bool = True,
-             packages_dir: str | Path | None = None) -> Path:
+             packages_dir: str | Path | None = None, min_emoji_per_label: int = 10) -> Path:
+    """Run the demo into ``out``; returns the run folder. ``packages_dir``: pre-fetched tarballs."""
     out = Path(out)
     started = time.time()
     print("1/4 building the emoji benchmark (npm packages, cached after the first run)")
     data_dir = out / "emoji"
-    build_emoji_benchmark(data_dir, packages_dir=packages_dir, progress=progress)
+    build_emoji_benchmark(data_dir, min_emoji_per_label=min_emoji_per_label,
+                          packages_dir=packages_dir, progress=progress)
     overrides = [f"data.train={data_dir / 'style_train.csv'}",
                  f"data.test={data_dir / 'style_test.csv'}",
                  f"data.classes={data_dir / 'labels.txt'}",
@@ -54,12 +57,15 @@ def run_demo(out: str | Path = "demo", epochs: int | None = None, progress: bool
 
     print("4/4 predictions on a few test drawings:")
     predictor = Predictor.load(run)
+    test = load_csv(data_dir / "style_test.csv", classes=data_dir / "labels.txt")
+    truth = {str(test.image_path(i)): test.labels_of(i) for i in range(len(test))}
     examples = ["1F436", "1F355", "1F1EB-1F1F7", "1F913", "2764"]  # dog, pizza, France, nerd, heart
     paths = [p for p in (data_dir / "images" / "twitter" / f"{h}.png" for h in examples) if p.is_file()]
     for result in predictor.predict(paths):
         top = ", ".join(f"{name} {score:.2f}" for name, score in list(result["scores"].items())[:5])
-        print(f"    {Path(result['image']).name:<18} labels: {', '.join(result['labels']) or '-'}"
-              f"\n    {'':<18} top-5: {top}")
+        print(f"    {Path(result['image']).name:<18} true:      {', '.join(truth.get(result['image'], []))}"
+              f"\n    {'':<18} predicted: {', '.join(result['labels']) or '-'}"
+              f"\n    {'':<18} top-5:     {top}")
 
     print(f"\ndone in {time.time() - started:.0f}s. Where things are:\n"
           f"    data        {data_dir}  (images, style_*.csv and emoji_*.csv protocols)\n"

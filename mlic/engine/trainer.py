@@ -29,7 +29,7 @@ from mlic.engine.optim import build_optimizer, build_scheduler
 from mlic.engine.run_dir import (append_metrics, close_logger, new_run_dir, run_logger,
                                  truncate_metrics)
 from mlic.engine.step import OptimizerStep
-from mlic.errors import ConfigError, DataError, MlicError
+from mlic.errors import ConfigError, MlicError
 from mlic.losses import build_loss
 from mlic.models import MultiLabelClassifier, create_model
 
@@ -326,6 +326,7 @@ def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Itera
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml", overrides)
+        _check_resume_overrides(load_config(run_dir / "config.yaml"), cfg)
         if not (run_dir / "checkpoints" / "last.json").is_file():
             raise MlicError(f"{run_dir}: no complete checkpoint to resume from yet "
                             f"(checkpoints/last.json is missing); start the run again")
@@ -337,6 +338,24 @@ def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Itera
     run_dir = new_run_dir(cfg["output_dir"], cfg.get("name"))
     save_config(cfg, run_dir / "config.yaml")
     return Trainer(cfg, run_dir, progress=progress, quiet=quiet).fit()
+
+
+# What the saved optimizer, schedule and weights were built for: a resume cannot change these
+# (e.g. more epochs would step OneCycle past its end; another optimizer cannot take the state).
+RESUME_FIXED = ("model", "data.classes", "data.image_size", "train.epochs", "train.batch_size",
+                "train.optimizer", "train.no_bias_decay", "train.scheduler", "train.pct_start",
+                "train.div_factor", "train.final_div_factor")
+
+
+def _check_resume_overrides(saved: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    for key in RESUME_FIXED:
+        old_value, new_value = saved, new
+        for part in key.split("."):
+            old_value, new_value = old_value[part], new_value[part]
+        if old_value != new_value:
+            raise ConfigError(f"'{key}' cannot change when resuming ({old_value!r} in the run's "
+                              f"config.yaml, {new_value!r} now): the checkpoint's optimizer, schedule "
+                              f"and weights were made for the original value; start a new run")
 
 
 def _with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
