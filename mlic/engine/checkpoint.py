@@ -53,7 +53,7 @@ def model_metadata(model: MultiLabelClassifier, label_names: list[str],
                    thresholds: float | list[float] = 0.5, **extra: Any) -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, "label_names": list(label_names),
             "thresholds": thresholds, "preprocessing": model.preprocessing.to_dict(),
-            "model": model.model_config, "score_scale": float(model.score_scale), **extra}
+            "model": model.model_config, **extra}
 
 
 def save_model(directory: Path, tag: str, state_dict: dict[str, torch.Tensor],
@@ -88,7 +88,7 @@ def load_model(path: str | Path, tag: str = "best") -> tuple[MultiLabelClassifie
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        model = model_from_config(meta["model"], meta["preprocessing"], meta.get("score_scale", 1.0))
+        model = model_from_config(meta["model"], meta["preprocessing"])
     except (ValueError, KeyError, TypeError) as e:
         raise WeightsError(f"{meta_path}: not a valid mlic checkpoint description ({e!r})") from None
     try:

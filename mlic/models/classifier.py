@@ -1,8 +1,8 @@
 """A multi-label classifier: a timm backbone's feature map, then a head that gives logits.
 
-``score_scale`` is the factor the sigmoid is applied after: 1 for plain logits, the loss's scale s
-for cosine heads trained with AM/AAM (score = sigmoid(s * cos)). Keeping it on the model means a
-saved or exported model turns logits into the same probabilities it was trained to give.
+Logits are final: probability = sigmoid(logit). Cosine heads (for the AM/AAM losses) put their
+scale inside, logit = s * (cos + bias), so a saved or exported model turns logits into the same
+probabilities it was trained with, and the losses see the same kind of input from every head.
 """
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from torch import nn
 
 from mlic.models.backbone import Backbone, Preprocessing
 from mlic.models.heads import build_head
+from mlic.models.label_context import LabelContext
 
 
 class MultiLabelClassifier(nn.Module):
     def __init__(self, backbone: Backbone, head: nn.Module, model_config: dict[str, Any],
-                 preprocessing: Preprocessing, score_scale: float = 1.0):
+                 preprocessing: Preprocessing):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.model_config = dict(model_config)
         self.preprocessing = preprocessing
-        self.register_buffer("score_scale", torch.tensor(float(score_scale)), persistent=True)
 
     @property
     def num_classes(self) -> int:
@@ -32,36 +32,37 @@ class MultiLabelClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits.float() * self.score_scale)
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits.float())
 
 
 def create_model(backbone: str, num_classes: int, head: str = "linear", pretrained: bool = False,
                  weights: str | None = None, image_size: int | None = None, drop_rate: float = 0.0,
-                 head_params: dict[str, Any] | None = None, score_scale: float = 1.0
-                 ) -> MultiLabelClassifier:
+                 head_params: dict[str, Any] | None = None,
+                 label_context: LabelContext | None = None) -> MultiLabelClassifier:
     """Build a classifier from names, e.g. ``create_model("tf_efficientnet_lite0", 80)``.
 
     ``pretrained`` uses the offline weights package where one exists (EfficientNet-Lite0/1/2), else
     timm's hub; ``weights`` loads a local .safetensors/.pth file into the backbone instead.
+    ``label_context`` (label names, co-occurrence, word embeddings) is handed to heads that use it.
     """
     if num_classes < 1:
         from mlic.errors import ConfigError
         raise ConfigError(f"a model needs at least one class, got num_classes={num_classes}")
     body = Backbone(backbone, pretrained=pretrained, weights=weights, drop_rate=drop_rate)
     head_params = dict(head_params or {})
-    head_module = build_head(head, body.num_features, num_classes, **head_params)
+    head_module = build_head(head, body.num_features, num_classes, label_context=label_context,
+                             **head_params)
     config = {"backbone": backbone, "head": head, "num_classes": num_classes,
               "head_params": head_params, "drop_rate": drop_rate}
-    return MultiLabelClassifier(body, head_module, config, body.preprocessing(image_size),
-                                score_scale)
+    return MultiLabelClassifier(body, head_module, config, body.preprocessing(image_size))
 
 
-def model_from_config(config: dict[str, Any], preprocessing: dict[str, Any],
-                      score_scale: float = 1.0) -> MultiLabelClassifier:
-    """Rebuild a saved model's architecture (weights are loaded by the caller)."""
+def model_from_config(config: dict[str, Any], preprocessing: dict[str, Any]) -> MultiLabelClassifier:
+    """Rebuild a saved model's architecture (weights, label graph included, are loaded by the caller)."""
     model = create_model(config["backbone"], int(config["num_classes"]), head=config["head"],
                          drop_rate=float(config.get("drop_rate", 0.0)),
-                         head_params=config.get("head_params") or {}, score_scale=score_scale)
+                         head_params=config.get("head_params") or {})
     model.preprocessing = Preprocessing.from_dict(preprocessing)
     return model

@@ -22,16 +22,25 @@ def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return add
 
 
-def build_head(name: str, in_features: int, num_classes: int, **params) -> nn.Module:
+def build_head(name: str, in_features: int, num_classes: int, label_context=None,
+               **params) -> nn.Module:
+    """Build head ``name``; ``label_context`` goes only to heads that take one (label graphs)."""
     if name not in HEADS:
         raise ConfigError(f"model.head: unknown head {name!r}; available: {', '.join(sorted(HEADS))}")
     cls = HEADS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "in_features", "num_classes"}
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "in_features",
+                                                                   "num_classes", "label_context"}
     unknown = set(params) - accepted
     if unknown:
         raise ConfigError(f"model.head_params: {sorted(unknown)} not accepted by head {name!r}; "
                           f"it takes {sorted(accepted)}")
+    if head_uses_label_context(name):
+        params["label_context"] = label_context
     return cls(in_features, num_classes, **params)
+
+
+def head_uses_label_context(name: str) -> bool:
+    return name in HEADS and "label_context" in inspect.signature(HEADS[name].__init__).parameters
 
 
 from mlic.models.heads import linear  # noqa: E402,F401  (registers itself)
