@@ -85,6 +85,17 @@ def _data_emoji(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in info.items() if k != "label_frequencies"}, indent=2))
 
 
+def _flops(args: argparse.Namespace) -> None:
+    import yaml
+
+    from mlic.flops import cost_of, format_cost
+    params = {}
+    for item in args.head_param or []:
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
+    print(format_cost(cost_of(args.backbone, args.head, args.classes, args.size, params)))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from mlic.demo import run_demo
     run_demo(args.out, epochs=args.epochs, progress=not args.no_progress)
@@ -142,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-emoji", type=int, default=10, help="keep a tag carried by >= this many emoji")
     p.add_argument("--packages", help="folder of pre-fetched npm tarballs (default: npm pack)")
     p.set_defaults(func=_data_emoji)
+
+    p = sub.add_parser("flops", help="GFLOPs (multiply-accumulates) and parameters of a model")
+    p.add_argument("--backbone", required=True, help="timm model name")
+    p.add_argument("--head", default="linear")
+    p.add_argument("--classes", type=int, default=80)
+    p.add_argument("--size", type=int, default=448, help="input side in pixels")
+    p.add_argument("--head-param", action="append", help="head parameter key=value (repeatable)")
+    p.set_defaults(func=_flops)
 
     p = sub.add_parser("demo", help="build the emoji benchmark, train, evaluate and predict")
     p.add_argument("--out", default="demo", help="folder for the data and the run")
