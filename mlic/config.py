@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
         "weights": None,      # a local .safetensors / .pth file for the backbone
         "drop_rate": 0.0,
         "head_params": {},
+        # Word vectors of the label names, for the label-graph heads (label_graph, ml_gcn):
+        # minilm (offline package) | glove:/path/to/glove.txt | onehot | learned
+        "label_embeddings": "minilm",
     },
     "loss": {
         "name": "bce",

@@ -32,6 +32,7 @@ from mlic.engine.step import OptimizerStep
 from mlic.errors import ConfigError, MlicError
 from mlic.losses import build_loss
 from mlic.models import MultiLabelClassifier, create_model
+from mlic.models.heads import head_uses_label_context
 
 
 @dataclass
@@ -144,10 +145,12 @@ class Trainer:
                 check_images(table, data["check_images"], progress)
 
         m = config["model"]
+        head_params, context = self._label_context(m)
         self.model: MultiLabelClassifier = create_model(
             m["backbone"], len(self.label_names), head=m["head"],
             pretrained=bool(m["pretrained"]) and not resume, weights=None if resume else m["weights"],
-            image_size=data["image_size"], drop_rate=m["drop_rate"], head_params=m["head_params"])
+            image_size=data["image_size"], drop_rate=m["drop_rate"], head_params=head_params,
+            label_context=context)
         self.model.to(self.device)
         self.channels_last = bool(train_cfg["channels_last"])
         if self.channels_last:
@@ -174,6 +177,21 @@ class Trainer:
         self.epoch, self.global_step, self.best = 0, 0, -math.inf
         if resume:
             self._restore()
+
+    def _label_context(self, m: Mapping[str, Any]):
+        """Label statistics and word embeddings for the heads that use them, from the training split."""
+        head_params = dict(m["head_params"] or {})
+        if not head_uses_label_context(m["head"]):
+            return head_params, None
+        from mlic.models.label_embeddings import build_label_context
+        source = m["label_embeddings"]
+        context = build_label_context(self.splits.train, self.label_names, source)
+        head_params.setdefault("embedding_dim", int(context.embeddings.shape[1]))
+        if source == "learned":
+            head_params.setdefault("learned_embeddings", True)
+        self.log.info(f"label graph: {len(self.label_names)} labels, co-occurrence from "
+                      f"{len(self.splits.train)} training images, embeddings: {context.embedding_source}")
+        return head_params, context
 
     # ----------------------------------------------------------------------------------- state
     def _restore(self) -> None:

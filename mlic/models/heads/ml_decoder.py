@@ -81,8 +81,8 @@ class MLDecoderHead(nn.Module):
         self.scale = float(scale)
 
         self.project = nn.Linear(in_features, embed_dim)
-        # DOR switches to LeakyReLU for the cosine head: with ReLU, normalised outputs live in the
-        # positive orthant only.
+        # DOR uses LeakyReLU(0.2) whenever it trains this head with the angular losses; kept as part
+        # of that recipe (the original ML-Decoder, plain logits, uses ReLU).
         self.activation = nn.LeakyReLU(0.2) if cosine else nn.ReLU()
         self.register_buffer("queries", torch.randn(self.num_queries, embed_dim), persistent=True)
         self.decoder = _DecoderLayer(embed_dim, num_heads, ff_dim, dropout)

@@ -13,7 +13,9 @@ Choices, and why:
 
 * Defaults are the reference's: 1 encoder and 2 decoder layers, 4 heads, FFN 8192, dropout 0.1,
   post-norm, ReLU, hidden = the backbone's channels with no input projection (``hidden_dim`` other
-  than ``in_features`` adds a 1x1 projection). They are large: with EfficientNetV2-S (D = 1280) the
+  than ``in_features``, or ``input_projection=True``, adds a 1x1 projection). The paper's own port
+  (its Tables 2-5) keeps the projection and uses FFN = hidden: ``ff_dim=D, input_projection=True``.
+  The reference defaults are large: with EfficientNetV2-S (D = 1280) the
   head has ~83M parameters, most of them in the three 1280 -> 8192 -> 1280 FFNs.
 * The decoder has no self-attention in any layer (the reference default removes it, with its
   dropout and norm). The target starts at zeros, so the first layer's query is query_pos alone.
@@ -80,7 +82,8 @@ class _DecoderLayer(nn.Module):
 class Query2LabelHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, hidden_dim: int | None = None,
                  num_heads: int = 4, encoder_layers: int = 1, decoder_layers: int = 2,
-                 ff_dim: int = 8192, dropout: float = 0.1, cosine: bool = False, scale: float = 23.0):
+                 ff_dim: int = 8192, dropout: float = 0.1, cosine: bool = False, scale: float = 23.0,
+                 input_projection: bool | None = None):
         super().__init__()
         hidden = in_features if hidden_dim is None else int(hidden_dim)
         if hidden % num_heads or hidden % 2:
@@ -90,10 +93,16 @@ class Query2LabelHead(nn.Module):
             raise ConfigError(f"query2label: needs decoder_layers >= 1 and encoder_layers >= 0, "
                               f"got {decoder_layers} and {encoder_layers}")
         self.num_classes = num_classes
+        self.hidden_dim = hidden
         self.cosine = bool(cosine)
         self.scale = float(scale)
 
-        self.input_proj = nn.Conv2d(in_features, hidden, 1) if hidden != in_features else nn.Identity()
+        if input_projection is None:
+            input_projection = hidden != in_features
+        if not input_projection and hidden != in_features:
+            raise ConfigError(f"query2label: hidden_dim {hidden} differs from the backbone's "
+                              f"{in_features} channels, which needs input_projection")
+        self.input_proj = nn.Conv2d(in_features, hidden, 1) if input_projection else nn.Identity()
         self.encoder = nn.ModuleList(_EncoderLayer(hidden, num_heads, ff_dim, dropout)
                                      for _ in range(encoder_layers))
         self.decoder = nn.ModuleList(_DecoderLayer(hidden, num_heads, ff_dim, dropout)
@@ -113,7 +122,7 @@ class Query2LabelHead(nn.Module):
         x = self.input_proj(features)
         height, width = x.shape[-2:]
         src = x.flatten(2).transpose(1, 2)  # (B, HW, hidden), row-major like the encoding
-        pos = sine_position_encoding(height, width, src.shape[-1], src.device, src.dtype).unsqueeze(0)
+        pos = sine_position_encoding(height, width, self.hidden_dim, src.device, src.dtype).unsqueeze(0)
         for layer in self.encoder:
             src = layer(src, pos)
         query_pos = self.label_queries.weight.to(src.dtype).unsqueeze(0).expand(src.shape[0], -1, -1)
