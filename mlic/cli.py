@@ -30,7 +30,7 @@ def _eval(args: argparse.Namespace) -> None:
         for option in args.option or []:
             key, _, value = option.partition("=")
             data[key] = value
-    thresholds = args.threshold if args.threshold is not None else "model"
+    thresholds = args.threshold if args.threshold is not None else 0.5
     report = evaluate(args.run, data, split=args.split, thresholds=thresholds,
                       empty_classes=args.empty_classes, batch_size=args.batch_size,
                       device=args.device, num_workers=args.num_workers,
@@ -85,6 +85,21 @@ def _data_emoji(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in info.items() if k != "label_frequencies"}, indent=2))
 
 
+def _tune_thresholds(args: argparse.Namespace) -> None:
+    from mlic.thresholds import tune_run_thresholds
+    data = {"path": args.data} if args.data else None
+    summary = tune_run_thresholds(args.run, split=args.split, data=data,
+                                  batch_size=args.batch_size, device=args.device,
+                                  num_workers=args.num_workers, progress=not args.no_progress)
+    before, after = summary["on_tuning_split"]["at_0.5"], summary["on_tuning_split"]["tuned"]
+    print(f"tuned {len(summary['thresholds'])} thresholds on {summary['num_images']} images of "
+          f"{summary['split']} (clean pass, no augmentation)")
+    for key in ("CF1", "OF1", "mean_F1"):
+        print(f"  {key:<8} at 0.5 {100 * before[key]:6.2f}   tuned {100 * after[key]:6.2f}")
+    print(f"written: {Path(args.run) / 'thresholds.json'} and the model's best.json "
+          f"(used by predict, reported by eval)")
+
+
 def _flops(args: argparse.Namespace) -> None:
     import yaml
 
@@ -118,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", help="annotation format of --data (default: detected)")
     p.add_argument("--option", action="append", help="format option key=value, e.g. split=test")
     p.add_argument("--split", help="which split of the run's config (test or val)")
-    p.add_argument("--threshold", type=float, help="one threshold for all classes "
-                   "(default: the model's own, per class if tuned)")
+    p.add_argument("--threshold", type=float, help="threshold of the main columns (default 0.5); "
+                   "tuned per-class thresholds, if the model has them, are reported beside")
     p.add_argument("--empty-classes", choices=["skip", "zero"], default="skip",
                    help="classes without positives: left out of mAP (default) or counted as 0")
     p.add_argument("--per-class", type=int, default=10, help="best/worst classes to list")
@@ -153,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-emoji", type=int, default=10, help="keep a tag carried by >= this many emoji")
     p.add_argument("--packages", help="folder of pre-fetched npm tarballs (default: npm pack)")
     p.set_defaults(func=_data_emoji)
+
+    p = sub.add_parser("tune-thresholds", help="per-class F1-optimal thresholds, stored with the model")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--split", default="train", help="split of the run's config to tune on "
+                   "(train, as the paper, or val)")
+    p.add_argument("--data", help="annotations to tune on instead of a split of the run")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_tune_thresholds)
 
     p = sub.add_parser("flops", help="GFLOPs (multiply-accumulates) and parameters of a model")
     p.add_argument("--backbone", required=True, help="timm model name")

@@ -10,7 +10,6 @@ import csv
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import yaml
 
 from mlic.data.dataset import check_images
@@ -20,6 +19,7 @@ from mlic.engine.checkpoint import load_model, write_json
 from mlic.engine.evaluate import metrics_report, predict_scores
 from mlic.engine.trainer import make_loader, resolve_device
 from mlic.errors import ConfigError
+from mlic.thresholds import model_thresholds
 
 
 def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None,
@@ -28,7 +28,8 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
              num_workers: int = 2, tag: str = "best", progress: bool = True) -> dict[str, Any]:
     """Evaluate; returns the report (also written to ``<run>/eval_<name>.json``).
 
-    ``thresholds``: a number, "model" (the model's own, per-class if tuned), or None (0.5).
+    ``thresholds``: a number (default 0.5) for the main columns; when the model has tuned
+    per-class thresholds, the report also gives the metrics at those (``report["tuned"]``).
     """
     run = Path(run)
     model, meta = load_model(run, tag)
@@ -46,15 +47,15 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
             raise ConfigError(f"{run}: the run has no {split or 'test or val'} split; pass --data")
     table = load_table(data).with_labels(meta["label_names"], "negative")
     check_images(table, "exists", progress)
-    if thresholds == "model":
-        thresholds = np.asarray(meta.get("thresholds", 0.5), dtype=np.float64)
-    elif thresholds is None:
+    tuned = model_thresholds(meta)
+    if thresholds is None or thresholds == "model":
         thresholds = 0.5
     dev = resolve_device(device)
     model.to(dev)
     loader = make_loader(table, eval_transform(model.preprocessing), batch_size, num_workers, False)
     scores, targets = predict_scores(model, loader, dev, desc=f"eval {name}", progress=progress)
-    report = metrics_report(scores, targets, meta["label_names"], thresholds, empty_classes)
+    report = metrics_report(scores, targets, meta["label_names"], float(thresholds), empty_classes,
+                            tuned_thresholds=tuned)
     report["split"], report["source"] = name, table.source
     if run.is_dir():
         write_json(run / f"eval_{name}.json", report)

@@ -43,11 +43,20 @@ def predict_scores(model: MultiLabelClassifier, loader, device: torch.device, am
 
 
 def metrics_report(scores: np.ndarray, targets: np.ndarray, label_names: list[str],
-                   thresholds: float | np.ndarray = 0.5, empty_classes: str = "skip") -> dict[str, Any]:
-    """mAP, CP/CR/CF1, OP/OR/OF1 and per-class AP; unknown (-1) targets are left out everywhere."""
+                   thresholds: float | np.ndarray = 0.5, empty_classes: str = "skip",
+                   tuned_thresholds: np.ndarray | None = None) -> dict[str, Any]:
+    """mAP, CP/CR/CF1, OP/OR/OF1 and per-class AP; unknown (-1) targets are left out everywhere.
+
+    With ``tuned_thresholds`` the thresholded metrics are also given at those (the paper's "adapt"
+    columns) under ``report["tuned"]``.
+    """
     ap = mean_average_precision(scores, targets, empty=empty_classes)
     report: dict[str, Any] = {"mAP": float(ap.map)}
     report.update({k: float(v) for k, v in threshold_metrics(scores, targets, thresholds).items()})
+    report["threshold"] = thresholds if np.isscalar(thresholds) else "per-class"
+    if tuned_thresholds is not None:
+        report["tuned"] = {k: float(v) for k, v in
+                           threshold_metrics(scores, targets, tuned_thresholds).items()}
     report["num_images"] = int(len(scores))
     report["empty_classes"] = [label_names[j] for j in ap.empty_classes]
     positives = (targets == 1).sum(axis=0)
@@ -59,10 +68,16 @@ def metrics_report(scores: np.ndarray, targets: np.ndarray, label_names: list[st
 
 
 def format_report(report: dict[str, Any], per_class: int = 10) -> str:
-    lines = [f"mAP {100 * report['mAP']:.2f}  over {report['num_images']} images"]
+    at = report.get("threshold", 0.5)
+    at = f"threshold {at}" if not isinstance(at, str) else "per-class thresholds"
+    lines = [f"mAP {100 * report['mAP']:.2f}  over {report['num_images']} images; at {at}:"]
     lines.append("  ".join(f"{k} {100 * report[k]:.2f}" for k in ("CP", "CR", "CF1")) +
                  f"  (mean per-class F1 {100 * report['mean_F1']:.2f})")
     lines.append("  ".join(f"{k} {100 * report[k]:.2f}" for k in ("OP", "OR", "OF1")))
+    if report.get("tuned"):
+        tuned = report["tuned"]
+        lines.append("with tuned per-class thresholds: " + "  ".join(
+            f"{k} {100 * tuned[k]:.2f}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
     if report["empty_classes"]:
         names = report["empty_classes"]
         lines.append(f"{len(names)} classes have no positives here and are left out of mAP: "

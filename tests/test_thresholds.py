@@ -1,0 +1,54 @@
+"""mlic tune-thresholds: tuned on a clean pass, stored with the model, used by eval and predict."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import mlic
+from mlic.cli import main
+from mlic.metrics import threshold_metrics
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(colour_dataset, tmp_path_factory):
+    return mlic.train(tiny_config(colour_dataset, tmp_path_factory.mktemp("runs")), progress=False,
+                      quiet=True)
+
+
+def test_tune_store_and_use(run, colour_dataset, capsys):
+    assert main(["tune-thresholds", str(run), "--num-workers", "0", "--no-progress"]) == 0
+    summary = json.loads((run / "thresholds.json").read_text())
+    meta = json.loads((run / "checkpoints" / "best.json").read_text())
+    labels = meta["label_names"]
+    assert list(summary["thresholds"]) == labels
+    assert meta["thresholds"] == [summary["thresholds"][n] for n in labels]
+    tuned = summary["on_tuning_split"]["tuned"]
+    assert tuned["mean_F1"] >= summary["on_tuning_split"]["at_0.5"]["mean_F1"] - 1e-12
+
+    # predict decides with the per-class thresholds
+    predictor = mlic.Predictor.load(run)
+    table = mlic.load_table(str(colour_dataset["test"]))
+    paths = [table.image_path(i) for i in range(len(table))]
+    scores = predictor.scores(paths)
+    thresholds = np.asarray(meta["thresholds"])
+    for result, row in zip(predictor.predict(paths), scores):
+        assert set(result["labels"]) == {labels[j] for j in np.flatnonzero(row >= thresholds)}
+
+    # eval reports the 0.5 columns and the tuned ("adapt") columns
+    capsys.readouterr()
+    assert main(["eval", str(run), "--num-workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "with tuned per-class thresholds" in out
+    report = json.loads((run / "eval_test.json").read_text())
+    targets = table.with_labels(labels).targets
+    expected = threshold_metrics(scores, targets, thresholds)
+    assert report["tuned"]["OF1"] == pytest.approx(expected["OF1"], abs=1e-9)
+    assert report["OF1"] == pytest.approx(threshold_metrics(scores, targets, 0.5)["OF1"], abs=1e-9)
+
+
+def test_tune_on_missing_split_is_a_clear_error(run, capsys):
+    assert main(["tune-thresholds", str(run), "--split", "nosuch", "--no-progress"]) == 2
+    assert "no 'nosuch' split" in capsys.readouterr().err
