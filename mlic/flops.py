@@ -50,6 +50,10 @@ def count_macs(model: torch.nn.Module, images: torch.Tensor) -> tuple[float, dic
     # the plain path computes the same result through countable matmuls.
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
+    # The counter's module tracker trips over views of parameters that require grad under no_grad;
+    # counting needs no gradients, so switch them off for the count and restore them after.
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
     try:
         with torch.no_grad():
             model(images)  # warm-up: fills inference caches (the label graph's channel weights)
@@ -57,6 +61,8 @@ def count_macs(model: torch.nn.Module, images: torch.Tensor) -> tuple[float, dic
                 model(images)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+        for param, flag in flags:
+            param.requires_grad_(flag)
     per_module = {}
     for name, ops in counter.get_flop_counts().items():
         per_module[name] = sum(ops.values()) / 2

@@ -1,4 +1,5 @@
-"""Multi-label losses that ignore unknown labels: binary cross-entropy and ASL.
+"""Multi-label losses that ignore unknown labels: binary cross-entropy, ASL and the AM/AAM angular-margin
+losses of the paper (for cosine heads; docs/losses.md compares them).
 
 Every loss is called as ``loss(logits, targets)`` with two (B, C) tensors. Targets are 1 (positive),
 0 (negative) or -1 (unknown, e.g. VOC "difficult" or an unverified OpenImages label); unknown entries
@@ -16,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -202,3 +204,153 @@ class AsymmetricLoss(MultiLabelLoss):
         return (f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, "
                 f"eps={self.eps}, detach_focal_weight={self.detach_focal_weight}, "
                 f"reduction={self.reduction!r}")
+
+
+def _check_number(owner: str, name: str, value: Any, low: float, high: float = math.inf,
+                  low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float within the interval, else a ConfigError that names the interval."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    ok = (math.isfinite(number) and (number > low if low_open else number >= low)
+          and (number < high if high_open else number <= high))
+    if not ok:
+        if high == math.inf:
+            interval = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{owner}: {name} must be {interval}, got {value!r}")
+    return number
+
+
+@register_loss("am")
+class AngularMarginLoss(MultiLabelLoss):
+    """Binary angular-margin loss (AM) of the paper, with optional asymmetric focusing (AAM).
+
+    Input convention: mlic's cosine heads output the final logit ``x = s * z`` where z is the cosine
+    (plus the per-class bias of the ML-Decoder head, so |z| may exceed 1) and s the head's ``scale``.
+    The loss receives x and must know the same s (``scale``; the trainer copies the head's scale into
+    it) to put the margin in cosine units and to apply the 1/s balancing. Per known entry, with
+    a = s(z - m) = x - s*m and b = s(z + m) = x + s*m:
+
+    * p+ = sigmoid(a),  p- = sigmoid(-b)  (the margin is taken off positives and added to negatives);
+    * focusing on (gamma_pos > 0 or gamma_neg > 0): p- <- min(p- + clip, 1), and the weights are
+      w+ = (shifted p-)^gamma_pos for the positive term and w- = (unshifted p+)^gamma_neg for the
+      negative term; focusing off: no shift (unless ``always_clip``) and w+ = w- = 1;
+    * loss = -[ w+ * (k/s) * y * log p+  +  w- * ((1-k)/s) * (1-y) * log p- ].
+
+    For 0/1 targets this is the released DOR ``AMBinaryLoss`` (methods.md 1.1). Soft targets (label
+    smoothing, mixup) keep each branch's own weight. Inference is sigmoid(x) = sigmoid(s*z): margin,
+    shift and k are training-only.
+
+    Numerics: computed in float32 from log-sigmoids (softplus), never as log(sigmoid(.)), so fp16
+    logits with s = 23 and |z| near 1 give a finite loss; the reference computes log of an fp16
+    sigmoid under autocast and gets log(0) = -inf there. The shifted log, log(min(sigmoid(-b) + clip,
+    1)), is >= log(clip) > -inf. No eps floor is needed, so there is none.
+
+    Parameter sets (methods.md section 1):
+
+    * released DOR recipe: ``build_loss("am")`` = scale 23 (COCO; 17 for VOC), margin 0, k 0.7,
+      gammas 0 -> (1/s) * [k * BCE(x) on positives + (1-k) * BCE(x) on negatives], summed;
+    * paper's formula: any margin/gamma_pos/gamma_neg; ``build_loss("aam")`` presets the asymmetric
+      focusing gamma_neg = 1, gamma_pos = 0, clip 0.05 (see :class:`AsymmetricAngularMarginLoss`);
+    * OTX production: scale 7 (head), margin 0, k 0.8, gamma_pos 0, gamma_neg 1, clip 0.05,
+      ``always_clip=True`` (OTX shifts p- even without focusing).
+
+    Args:
+        scale: s, the head's scale (> 0). Settable later (``loss.scale = head.scale``).
+        margin: m in cosine units, in [0, 1).
+        k: weight of positives vs negatives, in [0, 1] (the SphereFace2 balance).
+        gamma_pos, gamma_neg: focusing exponents (>= 0).
+        clip: shift of the negative probability, in [0, 1); 0 or ``None`` disables it. Used only when
+            focusing is on, as the reference, unless ``always_clip``.
+        always_clip: shift p- also when both gammas are 0 (OTX's form).
+        label_smoothing: eps in [0, 1): y <- y * (1 - eps), then entries equal to 0 become eps.
+        detach_focal_weight: compute w without autograd. Default False, as the reference, whose
+            gradient also flows through the weights.
+        reduction: ``"sum"`` (default, as the reference) or ``"mean"`` over the known entries.
+    """
+
+    def __init__(self, scale: float = 23.0, margin: float = 0.0, k: float = 0.7,
+                 gamma_pos: float = 0.0, gamma_neg: float = 0.0, clip: float | None = 0.05,
+                 always_clip: bool = False, label_smoothing: float = 0.0,
+                 detach_focal_weight: bool = False, reduction: str = "sum") -> None:
+        super().__init__(reduction)
+        name = type(self).__name__
+        self.scale = scale  # validated by the setter
+        self.margin = _check_number(name, "margin", margin, 0.0, 1.0, high_open=True)
+        self.k = _check_number(name, "k", k, 0.0, 1.0)
+        self.gamma_pos = _check_number(name, "gamma_pos", gamma_pos, 0.0)
+        self.gamma_neg = _check_number(name, "gamma_neg", gamma_neg, 0.0)
+        self.clip = _check_number(name, "clip", 0.0 if clip is None else clip, 0.0, 1.0, high_open=True)
+        self.label_smoothing = _check_number(name, "label_smoothing", label_smoothing, 0.0, 1.0,
+                                             high_open=True)
+        self.always_clip = bool(always_clip)
+        self.detach_focal_weight = bool(detach_focal_weight)
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._scale = _check_number(type(self).__name__, "scale", value, 0.0, low_open=True)
+
+    @property
+    def focusing(self) -> bool:
+        return self.gamma_pos > 0 or self.gamma_neg > 0
+
+    def elementwise(self, logits: Tensor, targets: Tensor) -> Tensor:
+        s, shift = self.scale, self.margin * self.scale
+        y = targets
+        if self.label_smoothing > 0:
+            y = y * (1 - self.label_smoothing)
+            y = torch.where(y == 0, self.label_smoothing, y)
+        log_pos = F.logsigmoid(logits - shift)  # log p+ = log sigmoid(s(z - m))
+        neg_arg = -(logits + shift)             # -s(z + m)
+        clip = self.clip if (self.focusing or self.always_clip) else 0.0
+        if clip > 0:
+            log_neg = torch.log((torch.sigmoid(neg_arg) + clip).clamp(max=1.0))  # >= log(clip)
+        else:
+            log_neg = F.logsigmoid(neg_arg)
+        pos = (self.k / s) * y * log_pos
+        neg = ((1 - self.k) / s) * (1 - y) * log_neg
+        if self.focusing:
+            no_grad = torch.no_grad() if self.detach_focal_weight else contextlib.nullcontext()
+            with no_grad:
+                # powers as exp(gamma * log): no 0^gamma, so finite gradients for any gamma >= 0.
+                w_pos = torch.exp(self.gamma_pos * log_neg) if self.gamma_pos > 0 else None
+                w_neg = torch.exp(self.gamma_neg * log_pos) if self.gamma_neg > 0 else None
+            if w_pos is not None:
+                pos = pos * w_pos
+            if w_neg is not None:
+                neg = neg * w_neg
+        return -(pos + neg)
+
+    def extra_repr(self) -> str:
+        return (f"scale={self.scale}, margin={self.margin}, k={self.k}, gamma_pos={self.gamma_pos}, "
+                f"gamma_neg={self.gamma_neg}, clip={self.clip}, always_clip={self.always_clip}, "
+                f"label_smoothing={self.label_smoothing}, "
+                f"detach_focal_weight={self.detach_focal_weight}, reduction={self.reduction!r}")
+
+
+@register_loss("aam")
+class AsymmetricAngularMarginLoss(AngularMarginLoss):
+    """:class:`AngularMarginLoss` with asymmetric focusing on by default (``build_loss("aam")``).
+
+    Defaults: gamma_neg = 1, gamma_pos = 0, clip = 0.05, margin = 0, k = 0.7, scale = 23. The
+    focusing values are those of OTX's production configs (the only non-zero gammas in the authors'
+    released code lineage; DOR's own recipes train with gamma = 0, i.e. ``"am"``); the clip is DOR's
+    hard-coded 0.05; k and scale are the released COCO recipe's. The margin stays 0 as in every
+    released recipe; the paper's form with a margin is ``margin=...`` (older DOR configs used
+    0.01-0.037 at s = 20). All parameters are those of :class:`AngularMarginLoss`.
+    """
+
+    def __init__(self, scale: float = 23.0, margin: float = 0.0, k: float = 0.7,
+                 gamma_pos: float = 0.0, gamma_neg: float = 1.0, clip: float | None = 0.05,
+                 always_clip: bool = False, label_smoothing: float = 0.0,
+                 detach_focal_weight: bool = False, reduction: str = "sum") -> None:
+        super().__init__(scale=scale, margin=margin, k=k, gamma_pos=gamma_pos, gamma_neg=gamma_neg,
+                         clip=clip, always_clip=always_clip, label_smoothing=label_smoothing,
+                         detach_focal_weight=detach_focal_weight, reduction=reduction)

@@ -33,6 +33,10 @@ from mlic.errors import ConfigError, MlicError
 from mlic.losses import build_loss
 from mlic.models import MultiLabelClassifier, create_model
 from mlic.models.heads import head_uses_label_context
+from mlic.models.heads.cosine import cosine_scale
+
+
+ANGULAR_LOSSES = ("am", "aam")
 
 
 @dataclass
@@ -145,7 +149,10 @@ class Trainer:
                 check_images(table, data["check_images"], progress)
 
         m = config["model"]
+        loss_params = dict(config["loss"]["params"] or {})
         head_params, context = self._label_context(m)
+        if config["loss"]["name"] in ANGULAR_LOSSES and "scale" in loss_params:
+            head_params.setdefault("scale", loss_params["scale"])
         self.model: MultiLabelClassifier = create_model(
             m["backbone"], len(self.label_names), head=m["head"],
             pretrained=bool(m["pretrained"]) and not resume, weights=None if resume else m["weights"],
@@ -165,7 +172,8 @@ class Trainer:
             self.val_loader = make_loader(self.splits.val, eval_transform(pre),
                                           config["eval"]["batch_size"], data["num_workers"], False)
 
-        self.loss_fn = build_loss(config["loss"]["name"], **(config["loss"]["params"] or {}))
+        self.loss_fn = build_loss(config["loss"]["name"], **loss_params)
+        self._sync_loss_scale(loss_params)
         self.optimizer = build_optimizer(self.model, train_cfg)
         self.scheduler = build_scheduler(self.optimizer, train_cfg, len(self.train_loader))
         self.step = OptimizerStep(self.model, self.loss_fn, self.optimizer, self.device,
@@ -177,6 +185,19 @@ class Trainer:
         self.epoch, self.global_step, self.best = 0, 0, -math.inf
         if resume:
             self._restore()
+
+    def _sync_loss_scale(self, loss_params: Mapping[str, Any]) -> None:
+        """AM/AAM apply their margin in cosine units, so they must know the head's scale s."""
+        if self.config["loss"]["name"] not in ANGULAR_LOSSES:
+            return
+        scale = cosine_scale(self.model.head)
+        if scale is None:
+            raise ConfigError(f"loss '{self.config['loss']['name']}' works on cosine logits: set "
+                              f"model.head_params.cosine=true (head '{self.config['model']['head']}')")
+        if "scale" in loss_params and float(loss_params["scale"]) != scale:
+            raise ConfigError(f"loss.params.scale ({loss_params['scale']}) differs from the head's "
+                              f"scale ({scale}); set one of them (loss.params.scale sets both)")
+        self.loss_fn.scale = scale
 
     def _label_context(self, m: Mapping[str, Any]):
         """Label statistics and word embeddings for the heads that use them, from the training split."""

@@ -24,3 +24,13 @@ class CosineLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, num_classes={self.weight.shape[0]}, scale={self.scale}"
+
+
+def cosine_scale(module: nn.Module) -> float | None:
+    """The scale s of a head whose logits are s * cosine, or None for a plain linear head."""
+    for sub in module.modules():
+        if isinstance(sub, CosineLinear):
+            return sub.scale
+        if getattr(sub, "cosine", False) is True and hasattr(sub, "scale"):
+            return float(sub.scale)
+    return None

@@ -1,0 +1,276 @@
+"""Sharpness-aware minimisation (SAM / ASAM) as a drop-in replacement for ``OptimizerStep``.
+
+One SAM step, as the recipe runs it (methods.md 8.3), wrapping any torch optimizer ("base"):
+
+1. forward/backward at the current weights w (under autocast when ``amp``); unscale the gradient g;
+2. if g has an inf/nan anywhere: skip the whole step (gradients zeroed, the fp16 scaler lowers its
+   scale, ``stepped`` is False);
+3. else perturb w <- w + e with e = rho * g / (||g||_2 + 1e-12), the norm being global over every
+   parameter of the optimizer that has a gradient. With ``adaptive`` (ASAM) the perturbation is
+   weighted per element by |w|: e = rho * w^2 * g / (|| |w| * g ||_2 + 1e-12);
+4. zero the gradients; forward/backward at w + e; unscale; if non-finite: restore w and skip;
+5. restore w exactly and let the base optimizer step with the gradient from the perturbed point
+   (through the scaler, so fp16 overflow handling is the usual one), then update the scaler.
+
+Details worth knowing:
+
+* The returned loss is the **second** pass's (at w + e), as the reference logs it. It is higher
+  than a plain step's loss at w would be, by roughly rho * ||g||. When the first pass is skipped,
+  the first pass's loss is returned (it is the only one there is).
+* w is restored from a copy taken before the perturbation, not by subtracting e: w + e - e is not
+  w in floating point. The copy lives only during the step; SAM keeps no state between steps, so
+  the base optimizer's ``state_dict`` is all that a resume needs (plus the scaler's, here).
+* The scaler is updated after each pass (``unscale_`` may run once per update), so an fp16
+  scaler's growth counter advances twice per SAM step: ``growth_interval`` counts passes.
+* BatchNorm running statistics are updated in both forward passes (as the reference does); with
+  ``accumulate`` > 1 each chunk is normalised with its own batch statistics.
+* ``grad_clip`` (global norm) applies to the second gradient only; clipping the first would not
+  change e, which depends on g's direction alone.
+* Weight decay is the base optimizer's business: e is computed from the loss gradient only.
+
+Gradient accumulation: with ``accumulate`` = k, ``__call__`` still takes one batch; it is split into
+k chunks (:func:`split_batch`), and each pass runs forward/backward over all chunks before the
+gradient is used (so e comes from the gradient of the whole batch). How chunk losses are combined,
+so that the accumulated gradient (and the returned loss) equal the whole-batch ones:
+
+* sum-reduced losses (``loss_fn.reduction == "sum"``): the chunk losses are simply added;
+* mean-reduced losses: each chunk's loss is weighted by its share of the entries the loss averages
+  over: for mlic's ``MultiLabelLoss`` (which averages over the *known* target entries, >= 0) the
+  share of known entries, for any other loss the share of rows (batch elements).
+
+A loss without a ``reduction`` attribute is taken to be a mean (torch's default); pass
+``loss_reduction`` to say otherwise. The equality is exact for models whose output for an image does
+not depend on the other images of the batch (no BatchNorm in train mode).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlic.engine.evaluate import autocast
+
+REDUCTIONS = ("mean", "sum")
+
+
+# ------------------------------------------------------------------------------- accumulation
+def split_batch(images: torch.Tensor, targets: torch.Tensor, chunks: int
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Split a batch along dim 0 into at most ``chunks`` nearly equal, non-empty pieces.
+
+    A batch with fewer rows than ``chunks`` gives one chunk per row. ``chunks`` <= 1 gives the batch.
+    """
+    if len(images) != len(targets):
+        raise ValueError(f"split_batch: {len(images)} images but {len(targets)} targets")
+    if chunks <= 1 or len(images) <= 1:
+        return [(images, targets)]
+    pieces = zip(torch.tensor_split(images, chunks), torch.tensor_split(targets, chunks))
+    return [(x, t) for x, t in pieces if len(x) > 0]
+
+
+def loss_reduction(loss_fn: nn.Module, reduction: str | None = None) -> str:
+    """``reduction`` if given, else the loss's own ``reduction`` attribute, else ``"mean"``."""
+    value = reduction if reduction is not None else getattr(loss_fn, "reduction", "mean")
+    if value not in REDUCTIONS:
+        raise ValueError(f"gradient accumulation needs a 'mean' or 'sum' loss reduction, "
+                         f"got {value!r}")
+    return value
+
+
+def chunk_weights(loss_fn: nn.Module, chunks: list[tuple[torch.Tensor, torch.Tensor]],
+                  reduction: str | None = None) -> list[Any]:
+    """Factors for the chunk losses so that their weighted sum is the whole batch's loss.
+
+    Returns Python floats, or 0-dim tensors for mlic losses with a mean (their normaliser, the
+    number of known target entries, is counted on the device without a host sync).
+    """
+    if len(chunks) == 1 or loss_reduction(loss_fn, reduction) == "sum":
+        return [1.0] * len(chunks)
+    from mlic.losses import MultiLabelLoss
+    if isinstance(loss_fn, MultiLabelLoss):
+        counts = torch.stack([(t >= 0).sum() for _, t in chunks])
+        return list(counts.double() / counts.sum().clamp(min=1).double())
+    rows = [len(x) for x, _ in chunks]
+    total = sum(rows)
+    return [n / total for n in rows]
+
+
+def backward_in_chunks(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor,
+                       targets: torch.Tensor, scaler: torch.amp.GradScaler, device: torch.device,
+                       amp: bool, chunks: int = 1, reduction: str | None = None) -> torch.Tensor:
+    """Forward and (scaled) backward over the batch in ``chunks`` pieces; gradients accumulate.
+
+    Returns the whole batch's loss, detached (the weighted sum of the chunk losses). The model runs
+    under autocast when ``amp``; the loss is computed in float32 on the logits, as in OptimizerStep.
+    Does not zero gradients.
+    """
+    pieces = split_batch(images, targets, chunks)
+    weights = chunk_weights(loss_fn, pieces, reduction)
+    total = None
+    for (x, t), weight in zip(pieces, weights):
+        with autocast(device, amp):
+            logits = model(x)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # losses run in float32 (float64 stays float64)
+        loss = loss_fn(logits, t)
+        if not (isinstance(weight, float) and weight == 1.0):
+            loss = loss * (weight.to(loss.dtype) if torch.is_tensor(weight) else weight)
+        scaler.scale(loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+# ------------------------------------------------------------------------------------- groups
+def sam_parameter_groups(model: nn.Module, weight_decay: float, double_bias_lr: bool = True,
+                         no_decay_keywords: tuple[str, ...] = ("norm", "query", "queries")
+                         ) -> list[dict[str, Any]]:
+    """The recipe's three-way no-bias-decay split (methods.md 8.2), for params requiring grads.
+
+    * ``decay``: everything not below: ``weight_decay``, ``lr_scale`` 1 (first group);
+    * ``no_decay``: 1-D parameters that are not biases (norm scales) and names containing one of
+      ``no_decay_keywords`` (the reference's "norm" and "query_embed"; "queries" catches the
+      Query2Label label-query embedding): no weight decay, ``lr_scale`` 1;
+    * ``bias``: names ending in "bias" (checked first): no weight decay; ``lr_scale`` 2 if
+      ``double_bias_lr`` (Caffe style) else 1.
+
+    Groups carry ``lr_scale`` instead of ``lr``: the optimizer builder sets ``lr = base lr *
+    lr_scale`` per group (so OneCycle's per-group ``max_lr`` follows). Empty groups are left out.
+    """
+    bias, no_decay, decay = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith("bias"):
+            bias.append(param)
+        elif param.ndim <= 1 or any(k in name for k in no_decay_keywords):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    # "decay" first: the trainer logs param_groups[0]["lr"], which should be the base lr.
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0, "name": "no_decay"},
+        {"params": bias, "weight_decay": 0.0, "lr_scale": 2.0 if double_bias_lr else 1.0,
+         "name": "bias"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+# --------------------------------------------------------------------------------------- step
+class SAMStep:
+    """SAM around ``optimizer``; called as ``loss, stepped = step(images, targets)``.
+
+    Args:
+        model, loss_fn, optimizer, device, amp, grad_clip: as for ``OptimizerStep``.
+        rho: radius of the perturbation (0.05 in the recipe).
+        adaptive: ASAM's element-wise |w| weighting (the recipe's cfg default is False; note the
+            SAM class of the reference defaults to True).
+        accumulate: number of chunks each batch is split into (gradient accumulation).
+        loss_reduction: "mean" | "sum" | None (read ``loss_fn.reduction``); see the module doc.
+        scaler: a GradScaler to use instead of the default (enabled only for fp16 autocast).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, amp: bool = False, grad_clip: float = 0.0,
+                 rho: float = 0.05, adaptive: bool = False, accumulate: int = 1,
+                 loss_reduction: str | None = None,
+                 scaler: torch.amp.GradScaler | None = None):
+        if rho < 0:
+            raise ValueError(f"SAM: rho must be >= 0, got {rho}")
+        if int(accumulate) < 1:
+            raise ValueError(f"SAM: accumulate must be >= 1, got {accumulate}")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.device, self.grad_clip = torch.device(device), float(grad_clip)
+        self.rho, self.adaptive, self.accumulate = float(rho), bool(adaptive), int(accumulate)
+        self.loss_reduction = loss_reduction
+        self.amp = amp and self.device.type == "cuda"
+        if scaler is None:
+            fp16 = self.amp and not torch.cuda.is_bf16_supported()
+            scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler = scaler
+
+    # ------------------------------------------------------------------------------- helpers
+    def _params_with_grads(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]
+                if p.grad is not None]
+
+    def _pass(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = backward_in_chunks(self.model, self.loss_fn, images, targets, self.scaler,
+                                  self.device, self.amp, self.accumulate, self.loss_reduction)
+        self.scaler.unscale_(self.optimizer)
+        return loss
+
+    @staticmethod
+    def _global_norm(tensors: list[torch.Tensor]) -> float:
+        """||concat(tensors)||_2 as a Python float (the step's one host sync per pass)."""
+        if not tensors:
+            return 0.0
+        norms = torch._foreach_norm(tensors)
+        device, dtype = norms[0].device, torch.float32
+        for n in norms:
+            dtype = torch.promote_types(dtype, n.dtype)
+        return float(torch.linalg.vector_norm(torch.stack([n.to(device, dtype) for n in norms])))
+
+    def _skip(self, loss: torch.Tensor, backup: list[torch.Tensor] | None = None,
+              params: list[torch.Tensor] | None = None) -> tuple[float, bool]:
+        if backup is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(params, backup)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # unscale_ recorded the inf: an fp16 scale drops
+        return float(loss), False
+
+    # ---------------------------------------------------------------------------------- step
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, bool]:
+        """Returns (loss at w + e, stepped); ``stepped`` is False when a non-finite gradient in
+        either pass made the step be skipped (the weights are then unchanged)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        first_loss = self._pass(images, targets)
+
+        params = self._params_with_grads()
+        grads = [p.grad for p in params]
+        with torch.no_grad():
+            if self.adaptive:
+                weighted = torch._foreach_mul(grads, torch._foreach_abs(params))
+                norm = self._global_norm(weighted)
+                del weighted
+            else:
+                norm = self._global_norm(grads)
+            if not math.isfinite(norm):
+                return self._skip(first_loss)
+            self.scaler.update()
+            backup = [p.detach().clone() for p in params]
+            # e is built in the gradient buffers (they are discarded next), then added to w.
+            if self.adaptive:
+                torch._foreach_mul_(grads, params)
+                torch._foreach_mul_(grads, params)
+            torch._foreach_add_(params, grads, alpha=self.rho / (norm + 1e-12))
+        del grads
+        self.optimizer.zero_grad(set_to_none=True)
+
+        loss = self._pass(images, targets)
+        all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.grad_clip > 0:
+            norm = float(nn.utils.clip_grad_norm_(all_params, self.grad_clip))
+        else:
+            with torch.no_grad():
+                norm = self._global_norm([p.grad for p in all_params if p.grad is not None])
+        if not math.isfinite(norm):
+            return self._skip(loss, backup, params)
+        with torch.no_grad():
+            torch._foreach_copy_(params, backup)
+        del backup
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss), True
+
+    def state_dict(self) -> dict:
+        """The scaler's state; the same layout as ``OptimizerStep.state_dict`` (SAM keeps no other
+        state between steps: the base optimizer's state is saved with the optimizer)."""
+        return {"scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
