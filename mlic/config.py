@@ -70,6 +70,14 @@ DEFAULTS: dict[str, Any] = {
         "div_factor": 25.0,
         "final_div_factor": 1e4,
         "ema": 0.0,             # EMA decay per step; 0 = off
+        "sam": False,           # sharpness-aware minimisation around the optimizer (2 passes/step)
+        "sam_rho": 0.05,
+        "sam_adaptive": False,  # ASAM: perturbation scaled by |w|
+        "double_bias_lr": False,  # biases at 2x lr (the paper's recipe, Caffe style)
+        "accumulate": 1,        # split each batch into this many chunks (same result, less memory)
+        "early_stopping": False,  # the paper's heuristic on the validation mAP (needs data.val)
+        "patience": 5,
+        "es_smoothing": 0.8,
         "amp": True,            # mixed precision on CUDA; ignored on CPU
         "grad_clip": 0.0,
         "log_every": 20,
@@ -91,10 +99,12 @@ CHOICES = {
 }
 
 POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "eval.batch_size",
+            "train.accumulate", "train.patience",
             "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every"}
-NON_NEGATIVE = {"train.weight_decay", "train.momentum", "train.ema", "train.grad_clip",
+NON_NEGATIVE = {"train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
                 "data.num_workers", "data.augment.shift", "data.augment.cutout"}
 UNIT_INTERVAL = {"eval.threshold", "train.ema", "train.pct_start", "data.augment.cutout",
+                 "train.es_smoothing",
                  "data.augment.cutout_p", "train.momentum", "model.drop_rate"}
 
 

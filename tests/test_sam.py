@@ -7,13 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from mlic.engine.sam import (
-    SAMStep,
-    backward_in_chunks,
-    chunk_weights,
-    sam_parameter_groups,
-    split_batch,
-)
+from mlic.engine.accumulate import backward_in_chunks, chunk_weights, split_batch
+from mlic.engine.sam import SAMStep, sam_parameter_groups
 from mlic.losses import build_loss
 
 CPU = torch.device("cpu")

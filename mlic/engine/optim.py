@@ -30,8 +30,14 @@ def parameter_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool 
 
 
 def build_optimizer(model: nn.Module, train: Mapping[str, Any]) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, train["weight_decay"], train["no_bias_decay"])
     name, lr = train["optimizer"], float(train["lr"])
+    if train.get("double_bias_lr"):
+        from mlic.engine.sam import sam_parameter_groups  # the paper's three groups
+        groups = sam_parameter_groups(model, train["weight_decay"], double_bias_lr=True)
+    else:
+        groups = parameter_groups(model, train["weight_decay"], train["no_bias_decay"])
+    for group in groups:  # OneCycle's max_lr is each group's lr, so doubled biases peak at 2x
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if name == "adam":  # L2-style decay, as the ASL recipe

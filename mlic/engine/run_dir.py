@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 METRICS_COLUMNS = ["epoch", "steps", "lr", "train_loss", "skipped_steps", "val_mAP", "val_mAP_ema",
-                   "selected", "best_mAP", "seconds"]
+                   "selected", "best_mAP", "es_smooth", "es_wait", "seconds"]
 
 
 def new_run_dir(output_dir: str | Path, name: str | None) -> Path:

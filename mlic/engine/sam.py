@@ -29,7 +29,7 @@ Details worth knowing:
 * Weight decay is the base optimizer's business: e is computed from the loss gradient only.
 
 Gradient accumulation: with ``accumulate`` = k, ``__call__`` still takes one batch; it is split into
-k chunks (:func:`split_batch`), and each pass runs forward/backward over all chunks before the
+k chunks (``mlic.engine.accumulate``), and each pass runs forward/backward over all chunks before the
 gradient is used (so e comes from the gradient of the whole batch). How chunk losses are combined,
 so that the accumulated gradient (and the returned loss) equal the whole-batch ones:
 
@@ -50,76 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlic.engine.evaluate import autocast
-
-REDUCTIONS = ("mean", "sum")
-
-
-# ------------------------------------------------------------------------------- accumulation
-def split_batch(images: torch.Tensor, targets: torch.Tensor, chunks: int
-                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Split a batch along dim 0 into at most ``chunks`` nearly equal, non-empty pieces.
-
-    A batch with fewer rows than ``chunks`` gives one chunk per row. ``chunks`` <= 1 gives the batch.
-    """
-    if len(images) != len(targets):
-        raise ValueError(f"split_batch: {len(images)} images but {len(targets)} targets")
-    if chunks <= 1 or len(images) <= 1:
-        return [(images, targets)]
-    pieces = zip(torch.tensor_split(images, chunks), torch.tensor_split(targets, chunks))
-    return [(x, t) for x, t in pieces if len(x) > 0]
-
-
-def loss_reduction(loss_fn: nn.Module, reduction: str | None = None) -> str:
-    """``reduction`` if given, else the loss's own ``reduction`` attribute, else ``"mean"``."""
-    value = reduction if reduction is not None else getattr(loss_fn, "reduction", "mean")
-    if value not in REDUCTIONS:
-        raise ValueError(f"gradient accumulation needs a 'mean' or 'sum' loss reduction, "
-                         f"got {value!r}")
-    return value
-
-
-def chunk_weights(loss_fn: nn.Module, chunks: list[tuple[torch.Tensor, torch.Tensor]],
-                  reduction: str | None = None) -> list[Any]:
-    """Factors for the chunk losses so that their weighted sum is the whole batch's loss.
-
-    Returns Python floats, or 0-dim tensors for mlic losses with a mean (their normaliser, the
-    number of known target entries, is counted on the device without a host sync).
-    """
-    if len(chunks) == 1 or loss_reduction(loss_fn, reduction) == "sum":
-        return [1.0] * len(chunks)
-    from mlic.losses import MultiLabelLoss
-    if isinstance(loss_fn, MultiLabelLoss):
-        counts = torch.stack([(t >= 0).sum() for _, t in chunks])
-        return list(counts.double() / counts.sum().clamp(min=1).double())
-    rows = [len(x) for x, _ in chunks]
-    total = sum(rows)
-    return [n / total for n in rows]
-
-
-def backward_in_chunks(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor,
-                       targets: torch.Tensor, scaler: torch.amp.GradScaler, device: torch.device,
-                       amp: bool, chunks: int = 1, reduction: str | None = None) -> torch.Tensor:
-    """Forward and (scaled) backward over the batch in ``chunks`` pieces; gradients accumulate.
-
-    Returns the whole batch's loss, detached (the weighted sum of the chunk losses). The model runs
-    under autocast when ``amp``; the loss is computed in float32 on the logits, as in OptimizerStep.
-    Does not zero gradients.
-    """
-    pieces = split_batch(images, targets, chunks)
-    weights = chunk_weights(loss_fn, pieces, reduction)
-    total = None
-    for (x, t), weight in zip(pieces, weights):
-        with autocast(device, amp):
-            logits = model(x)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()  # losses run in float32 (float64 stays float64)
-        loss = loss_fn(logits, t)
-        if not (isinstance(weight, float) and weight == 1.0):
-            loss = loss * (weight.to(loss.dtype) if torch.is_tensor(weight) else weight)
-        scaler.scale(loss).backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    return total
+from mlic.engine.accumulate import backward_in_chunks
 
 
 # ------------------------------------------------------------------------------------- groups

@@ -8,14 +8,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlic.engine.evaluate import autocast
+from mlic.engine.accumulate import backward_in_chunks
 
 
 class OptimizerStep:
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, amp: bool = False, grad_clip: float = 0.0):
+                 device: torch.device, amp: bool = False, grad_clip: float = 0.0, accumulate: int = 1):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.device, self.grad_clip = device, grad_clip
+        self.device, self.grad_clip, self.accumulate = device, grad_clip, int(accumulate)
         self.amp = amp and device.type == "cuda"
         fp16 = self.amp and not torch.cuda.is_bf16_supported()
         # A gradient scaler is only needed for fp16; bf16 has float32's range.
@@ -23,11 +23,10 @@ class OptimizerStep:
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, bool]:
         """Returns (loss, stepped): ``stepped`` is False when fp16 overflow made the scaler skip."""
-        with autocast(self.device, self.amp):
-            logits = self.model(images)
-        loss = self.loss_fn(logits.float(), targets)  # losses run in float32
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        # Forward and backward per chunk (losses in float32), gradients summed as for the whole batch.
+        loss = backward_in_chunks(self.model, self.loss_fn, images, targets, self.scaler,
+                                  self.device, self.amp, self.accumulate)
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)

@@ -28,6 +28,8 @@ from mlic.engine.evaluate import format_report, metrics_report, predict_scores
 from mlic.engine.optim import build_optimizer, build_scheduler
 from mlic.engine.run_dir import (append_metrics, close_logger, new_run_dir, run_logger,
                                  truncate_metrics)
+from mlic.engine.early_stopping import EarlyStopping, onecycle_warmup_finished
+from mlic.engine.sam import SAMStep
 from mlic.engine.step import OptimizerStep
 from mlic.errors import ConfigError, MlicError
 from mlic.losses import build_loss
@@ -176,8 +178,21 @@ class Trainer:
         self._sync_loss_scale(loss_params)
         self.optimizer = build_optimizer(self.model, train_cfg)
         self.scheduler = build_scheduler(self.optimizer, train_cfg, len(self.train_loader))
-        self.step = OptimizerStep(self.model, self.loss_fn, self.optimizer, self.device,
-                                  amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"])
+        if train_cfg["sam"]:
+            self.step = SAMStep(self.model, self.loss_fn, self.optimizer, self.device,
+                                amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"],
+                                rho=train_cfg["sam_rho"], adaptive=train_cfg["sam_adaptive"],
+                                accumulate=train_cfg["accumulate"])
+        else:
+            self.step = OptimizerStep(self.model, self.loss_fn, self.optimizer, self.device,
+                                      amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"],
+                                      accumulate=train_cfg["accumulate"])
+        self.stopper = None
+        if train_cfg["early_stopping"]:
+            if self.val_loader is None:
+                self.log.info("note: train.early_stopping needs a validation split (data.val); off")
+            else:
+                self.stopper = EarlyStopping(train_cfg["patience"], train_cfg["es_smoothing"])
         self.ema = None
         if train_cfg["ema"] > 0:
             from timm.utils import ModelEmaV3
@@ -226,6 +241,8 @@ class Trainer:
         if self.ema is not None and state.get("ema"):
             self.ema.module.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
+        if self.stopper is not None and state.get("early_stopping"):
+            self.stopper.load_state_dict(state["early_stopping"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best = float(state["best"])
         truncate_metrics(self.run_dir, self.epoch)
@@ -237,7 +254,8 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "step": self.step.state_dict(), "rng": rng_state(), "epoch": self.epoch,
                  "global_step": self.global_step, "best": self.best,
-                 "ema": self.ema.module.state_dict() if self.ema is not None else None}
+                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                 "early_stopping": self.stopper.state_dict() if self.stopper is not None else None}
         # Weights and state first, the JSON last: a checkpoint is complete when its JSON exists.
         ckpt.save_training_state(folder, state)
         ckpt.save_model(folder, "last", self.model.state_dict(),
@@ -287,7 +305,7 @@ class Trainer:
                       f"on {len(self.splits.train)} images, {len(self.label_names)} labels, "
                       f"{epochs} epochs, device {self.device}; run folder {self.run_dir}")
         try:
-            while self.epoch < epochs:
+            while self.epoch < epochs and not (self.stopper is not None and self.stopper.stopped):
                 start = time.time()
                 loss, skipped = self.train_one_epoch()
                 self.epoch += 1
@@ -301,6 +319,10 @@ class Trainer:
                 val = "" if row.get("val_mAP") is None else f"  val mAP {100 * row['val_mAP']:.2f}" + (
                     f" (EMA {100 * row['val_mAP_ema']:.2f})" if row.get("val_mAP_ema") is not None else "")
                 self.log.info(f"epoch {self.epoch}/{epochs}  loss {loss:.4f}{val}  {row['seconds']:.0f}s")
+                if self.stopper is not None and self.stopper.stopped:
+                    self.log.info(f"early stop after epoch {self.epoch}: validation mAP has not beaten "
+                                  f"its smoothed value ({self.stopper.smooth:.4f}) for "
+                                  f"{self.stopper.wait} epochs after the warm-up")
         except KeyboardInterrupt:
             self.log.info(f"interrupted: the last complete epoch ({self.epoch}) is saved in "
                           f"{self.run_dir / 'checkpoints'}; continue with "
@@ -329,7 +351,10 @@ class Trainer:
         row["val_mAP"], row["val_mAP_ema"] = scores["model"], scores.get("ema")
         chosen = max(scores, key=lambda k: scores[k])
         value = round(scores[chosen], 4)
-        if value >= self.best:
+        if self.stopper is not None:
+            self.stopper.update(scores[chosen], onecycle_warmup_finished(self.scheduler))
+            row.update(self.stopper.status)
+        if value >= self.best or (self.stopper is not None and self.stopper.perfect):
             self.best = value
             row["selected"] = chosen
             ckpt.save_model(folder, "best", candidates[chosen].state_dict(),
@@ -382,7 +407,8 @@ def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Itera
 # What the saved optimizer, schedule and weights were built for: a resume cannot change these
 # (e.g. more epochs would step OneCycle past its end; another optimizer cannot take the state).
 RESUME_FIXED = ("model", "data.classes", "data.image_size", "train.epochs", "train.batch_size",
-                "train.optimizer", "train.no_bias_decay", "train.scheduler", "train.pct_start",
+                "train.optimizer", "train.no_bias_decay", "train.double_bias_lr", "train.scheduler",
+                "train.pct_start",
                 "train.div_factor", "train.final_div_factor")
 
 
