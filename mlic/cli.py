@@ -116,6 +116,23 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, epochs=args.epochs, progress=not args.no_progress)
 
 
+def _lr_find(args: argparse.Namespace) -> None:
+    from mlic.engine.lr_finder import lr_find
+    search, folder = lr_find(args.config, args.overrides, method=args.method, out=args.out,
+                             progress=not args.no_progress)
+    print(search.table())
+    print(f"lr: {search.lr:.3g}  ({search.method}, {search.seconds:.0f}s; weights untouched)")
+    written = [folder / "lr_find.json"] + ([folder / "lr_find.png"]
+                                           if (folder / "lr_find.png").exists() else [])
+    print(f"written: {', '.join(str(p) for p in written)}")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from mlic.tune import tune
+    tune(args.config, args.overrides, out=args.out, n_trials=args.trials, timeout=args.timeout,
+         resume=args.resume, min_lr=args.min_lr, max_lr=args.max_lr, progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlic", description="Multi-label image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="default: the demo recipe's")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("lr-find", help="estimate the initial learning rate (a dry run: weights "
+                       "untouched); writes lr_find.json and lr_find.png")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lr_finder.steps=200")
+    p.add_argument("--method", choices=["range", "trials"], help="default: the config's lr_finder.method")
+    p.add_argument("--out", help="folder for the results (default: a new folder in output_dir)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_lr_find)
+
+    p = sub.add_parser("tune", help="Optuna search over lr, loss scale, cutout and pooling; "
+                       "each trial a training run")
+    p.add_argument("--config", help="YAML config (with --resume: default the study's base config)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
+    p.add_argument("--trials", type=int, help="number of trials (this session)")
+    p.add_argument("--timeout", type=float, help="seconds for this session's trials")
+    p.add_argument("--out", required=True, help="folder of the study (study.db, trials/, "
+                   "trials.csv, best_config.yaml)")
+    p.add_argument("--resume", action="store_true", help="add trials to the study in --out")
+    p.add_argument("--min-lr", type=float, default=1e-5)
+    p.add_argument("--max-lr", type=float, default=0.1)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_tune)
     return parser
 
 
@@ -201,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after options (`mlic train --config c.yaml a=1 --no-progress b=2`).
-    if extra and args.command == "train" and all("=" in item and not item.startswith("-")
-                                                 for item in extra):
+    if extra and args.command in ("train", "lr-find", "tune") and all(
+            "=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

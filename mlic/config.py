@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 10,
         "batch_size": 32,
         "optimizer": "adamw",   # adamw | sgd | adam
-        "lr": 1e-3,
+        "lr": 1e-3,             # or "auto": estimated before training (lr_finder section)
         "weight_decay": 1e-4,
         "momentum": 0.9,
         "no_bias_decay": True,  # no weight decay on biases and norm weights
@@ -83,6 +83,16 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 20,
         "channels_last": False,
     },
+    "lr_finder": {               # used when train.lr is "auto", and by `mlic lr-find`
+        "method": "range",       # range: LR range test | trials: short constant-lr runs, TPE
+        "min_lr": 1e-6,
+        "max_lr": 1.0,
+        "steps": 100,            # range: sweep points (batches; the loader restarts if needed)
+        "smoothing": 0.05,       # range: weight of the newest loss in the smoothed curve
+        "n_trials": 15,          # trials: number of trials
+        "epochs_per_trial": 1,   # trials: epochs per trial (the reference: 10)
+        "timeout": None,         # trials: seconds for the whole search; null = no limit
+    },
     "eval": {
         "batch_size": 64,
         "threshold": 0.5,
@@ -95,17 +105,21 @@ CHOICES = {
     "data.check_images": ("exists", "decode", "none"),
     "train.optimizer": ("adamw", "sgd", "adam"),
     "train.scheduler": ("onecycle", "cosine", "constant"),
+    "lr_finder.method": ("range", "trials"),
     "eval.empty_classes": ("skip", "zero"),
 }
 
 POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "eval.batch_size",
             "train.accumulate", "train.patience",
-            "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every"}
+            "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every",
+            "lr_finder.min_lr", "lr_finder.max_lr", "lr_finder.steps", "lr_finder.n_trials",
+            "lr_finder.epochs_per_trial", "lr_finder.smoothing"}
 NON_NEGATIVE = {"train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
                 "data.num_workers", "data.augment.shift", "data.augment.cutout"}
+AUTO_KEYS = {"train.lr"}  # may also be the string "auto"
 UNIT_INTERVAL = {"eval.threshold", "train.ema", "train.pct_start", "data.augment.cutout",
                  "train.es_smoothing",
-                 "data.augment.cutout_p", "train.momentum", "model.drop_rate"}
+                 "data.augment.cutout_p", "train.momentum", "model.drop_rate", "lr_finder.smoothing"}
 
 
 def default_config() -> dict[str, Any]:
@@ -209,6 +223,8 @@ def check(config: Mapping[str, Any]) -> None:
     """Types and ranges of every schema key; raises one ConfigError naming the key."""
     for key, value, default in _walk(config, DEFAULTS):
         if value is None or default is None or key in FREE_KEYS:
+            continue
+        if key in AUTO_KEYS and value == "auto":
             continue
         expected = type(default)
         # An int is a fine float (lr=1, threshold=0); it still goes through the range checks below.

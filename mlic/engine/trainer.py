@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -155,6 +155,8 @@ class Trainer:
         head_params, context = self._label_context(m)
         if config["loss"]["name"] in ANGULAR_LOSSES and "scale" in loss_params:
             head_params.setdefault("scale", loss_params["scale"])
+            if isinstance(head_params.get("decoder"), dict):  # label graph feeding an ML-Decoder
+                head_params["decoder"] = {"scale": loss_params["scale"], **head_params["decoder"]}
         self.model: MultiLabelClassifier = create_model(
             m["backbone"], len(self.label_names), head=m["head"],
             pretrained=bool(m["pretrained"]) and not resume, weights=None if resume else m["weights"],
@@ -176,8 +178,11 @@ class Trainer:
 
         self.loss_fn = build_loss(config["loss"]["name"], **loss_params)
         self._sync_loss_scale(loss_params)
-        self.optimizer = build_optimizer(self.model, train_cfg)
-        self.scheduler = build_scheduler(self.optimizer, train_cfg, len(self.train_loader))
+        # train.lr "auto": a placeholder until estimate_lr() (run by fit()) finds the lr.
+        self.lr_auto = train_cfg["lr"] == "auto"
+        optim_cfg = {**train_cfg, "lr": 1e-3} if self.lr_auto else train_cfg
+        self.optimizer = build_optimizer(self.model, optim_cfg)
+        self.scheduler = build_scheduler(self.optimizer, optim_cfg, len(self.train_loader))
         if train_cfg["sam"]:
             self.step = SAMStep(self.model, self.loss_fn, self.optimizer, self.device,
                                 amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"],
@@ -299,7 +304,34 @@ class Trainer:
         return metrics_report(scores, targets, self.label_names, self.config["eval"]["threshold"],
                               self.config["eval"]["empty_classes"])
 
-    def fit(self) -> Path:
+    def estimate_lr(self) -> float:
+        """Find the lr (``mlic.engine.lr_finder``; the lr_finder section says how), set it on every
+        param group (times its ``lr_scale``) and rebuild the schedule for it; the config.yaml of the
+        run gets the value, ``lr_finder.json``/``.png`` the search. Weights, optimizer state and
+        random states are those from before the search, so the run is the one it would have been
+        with the found lr given explicitly."""
+        from mlic.engine.lr_finder import find_lr, set_lr
+        search = find_lr(self, self.config["lr_finder"])
+        search.save(self.run_dir, "lr_finder")
+        for group in self.optimizer.param_groups:
+            group.pop("initial_lr", None)  # else a new scheduler keeps the placeholder's
+        set_lr(self.optimizer, search.lr)
+        self.config["train"]["lr"] = search.lr
+        self.scheduler = build_scheduler(self.optimizer, self.config["train"], len(self.train_loader))
+        self.lr_auto = False
+        save_config(self.config, self.run_dir / "config.yaml")
+        self.log.info(f"train.lr=auto: {search.method} search chose lr {search.lr:.3g} in "
+                      f"{search.seconds:.0f}s (written to config.yaml; details in lr_finder.json)")
+        return search.lr
+
+    def fit(self, on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None = None) -> Path:
+        """Train the remaining epochs, then evaluate the selected weights (``finish``).
+
+        ``on_epoch_end(epoch, row)``: called after each epoch is saved, with its metrics.csv row;
+        a true return ends training there (``finish`` still runs). An exception raised in it (e.g.
+        ``optuna.TrialPruned``) propagates, the epoch's checkpoint being complete."""
+        if self.lr_auto and self.global_step == 0:
+            self.estimate_lr()
         epochs = int(self.config["train"]["epochs"])
         self.log.info(f"training {self.model.model_config['backbone']} + {self.model.model_config['head']} "
                       f"on {len(self.splits.train)} images, {len(self.label_names)} labels, "
@@ -319,6 +351,9 @@ class Trainer:
                 val = "" if row.get("val_mAP") is None else f"  val mAP {100 * row['val_mAP']:.2f}" + (
                     f" (EMA {100 * row['val_mAP_ema']:.2f})" if row.get("val_mAP_ema") is not None else "")
                 self.log.info(f"epoch {self.epoch}/{epochs}  loss {loss:.4f}{val}  {row['seconds']:.0f}s")
+                if on_epoch_end is not None and on_epoch_end(self.epoch, dict(row)):
+                    self.log.info(f"stopped after epoch {self.epoch} by on_epoch_end")
+                    break
                 if self.stopper is not None and self.stopper.stopped:
                     self.log.info(f"early stop after epoch {self.epoch}: validation mAP has not beaten "
                                   f"its smoothed value ({self.stopper.smooth:.4f}) for "
@@ -380,10 +415,12 @@ class Trainer:
 
 
 def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Iterable[str] = (),
-          resume: str | Path | None = None, progress: bool = True, quiet: bool = False) -> Path:
+          resume: str | Path | None = None, progress: bool = True, quiet: bool = False,
+          on_epoch_end: Callable[[int, dict[str, Any]], bool | None] | None = None) -> Path:
     """Train from a config (a dict, a YAML path, or None for defaults + overrides); returns the run folder.
 
     ``resume``: a run folder whose ``checkpoints/last.*`` training continues from, with its config.
+    ``on_epoch_end``: see ``Trainer.fit``.
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -394,14 +431,14 @@ def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Itera
         if not (run_dir / "checkpoints" / "last.json").is_file():
             raise MlicError(f"{run_dir}: no complete checkpoint to resume from yet "
                             f"(checkpoints/last.json is missing); start the run again")
-        return Trainer(cfg, run_dir, resume=True, progress=progress, quiet=quiet).fit()
+        return Trainer(cfg, run_dir, resume=True, progress=progress, quiet=quiet).fit(on_epoch_end)
     if isinstance(config, Mapping):
         cfg = load_config(None, overrides, base=_with_defaults(config))
     else:
         cfg = load_config(config, overrides)
     run_dir = new_run_dir(cfg["output_dir"], cfg.get("name"))
     save_config(cfg, run_dir / "config.yaml")
-    return Trainer(cfg, run_dir, progress=progress, quiet=quiet).fit()
+    return Trainer(cfg, run_dir, progress=progress, quiet=quiet).fit(on_epoch_end)
 
 
 # What the saved optimizer, schedule and weights were built for: a resume cannot change these
