@@ -3,6 +3,9 @@
 A config is a nested dict. ``DEFAULTS`` below is the schema: every key a user may set exists
 there, and its default's type is the type the key must have. A key that is not in the schema is an
 error with the nearest valid key suggested, so a typo never silently falls back to a default.
+The defaults are the paper's recipe (methods.md 8.1; the released COCO configuration): EfficientNetV2-S
+at 448 px, cosine ML-Decoder, AAM loss, SAM around SGD with doubled bias lr and no bias decay,
+OneCycle, EMA, early stopping, RandAugment + Cutout + flip. Files under configs/ override them.
 A few sections hold free-form mappings (``data.train`` and friends, ``loss.params``,
 ``model.head_params``): their contents are checked by whoever consumes them.
 """
@@ -31,51 +34,54 @@ DEFAULTS: dict[str, Any] = {
         "val": None,         # used for model selection (model vs EMA); optional
         "test": None,        # evaluated once at the end with the selected weights; optional
         "classes": None,     # label order: list or file; default: the training table's
-        "image_size": 224,
+        "image_size": 448,
         "num_workers": 2,
         "check_images": "exists",  # exists | decode | none: what is checked before training
         "augment": {
             "hflip": True,   # off for data where left/right is a label (the emoji benchmark)
             "shift": 0,      # random translation, in pixels, up to this much
-            "randaugment": None,  # timm rand-augment string, e.g. "rand-m9-n2-mstd0.5"
-            "cutout": 0.0,   # side of the cutout square as a fraction of the image; 0 = off
+            # timm rand-augment string: 2 ops, each with p 0.5, magnitude ~ N(9, 0.5); null = off.
+            # The reference's `randaugment` package draws the magnitude uniformly in 1-9; timm's
+            # uniform option (mstd101) crashes in Posterize on Pillow 13 (0 bits at low levels).
+            "randaugment": "rand-m9-n2-mstd0.5",
+            "cutout": 0.4,   # side of the cutout square as a fraction of the image; 0 = off
             "cutout_p": 0.5,
         },
     },
     "model": {
-        "backbone": "resnet18",
-        "head": "linear",
-        "pretrained": False,  # true: offline package weights if they exist, else timm's hub
+        "backbone": "tf_efficientnetv2_s.in21k",
+        "head": "ml_decoder",  # linear | ml_decoder | label_graph | ml_gcn | query2label
+        "pretrained": True,   # offline package weights if they exist, else timm's hub
         "weights": None,      # a local .safetensors / .pth file for the backbone
         "drop_rate": 0.0,
-        "head_params": {},
+        "head_params": {},    # cosine is switched on for the am/aam losses unless set here
         # Word vectors of the label names, for the label-graph heads (label_graph, ml_gcn):
         # minilm (offline package) | glove:/path/to/glove.txt | onehot | learned
         "label_embeddings": "minilm",
     },
     "loss": {
-        "name": "bce",
-        "params": {},
+        "name": "aam",        # bce | asl | am | aam
+        "params": {},         # the loss's own defaults (aam: s 23, k 0.7, gamma_neg 1)
     },
     "train": {
-        "epochs": 10,
-        "batch_size": 32,
-        "optimizer": "adamw",   # adamw | sgd | adam
-        "lr": 1e-3,             # or "auto": estimated before training (lr_finder section)
-        "weight_decay": 1e-4,
+        "epochs": 60,
+        "batch_size": 84,
+        "optimizer": "sgd",     # adamw | sgd | adam
+        "lr": 0.007,            # or "auto": estimated before training (lr_finder section)
+        "weight_decay": 5e-4,
         "momentum": 0.9,
         "no_bias_decay": True,  # no weight decay on biases and norm weights
         "scheduler": "onecycle",  # onecycle | cosine | constant
         "pct_start": 0.2,
-        "div_factor": 25.0,
-        "final_div_factor": 1e4,
-        "ema": 0.0,             # EMA decay per step; 0 = off
-        "sam": False,           # sharpness-aware minimisation around the optimizer (2 passes/step)
+        "div_factor": 100.0,
+        "final_div_factor": 1000.0,
+        "ema": 0.9997,          # EMA decay per step; 0 = off
+        "sam": True,            # sharpness-aware minimisation around the optimizer (2 passes/step)
         "sam_rho": 0.05,
         "sam_adaptive": False,  # ASAM: perturbation scaled by |w|
-        "double_bias_lr": False,  # biases at 2x lr (the paper's recipe, Caffe style)
+        "double_bias_lr": True,  # biases at 2x lr (the paper's recipe, Caffe style)
         "accumulate": 1,        # split each batch into this many chunks (same result, less memory)
-        "early_stopping": False,  # the paper's heuristic on the validation mAP (needs data.val)
+        "early_stopping": True,  # the paper's heuristic on the validation mAP (needs data.val)
         "patience": 5,
         "es_smoothing": 0.8,
         "amp": True,            # mixed precision on CUDA; ignored on CPU
@@ -94,7 +100,7 @@ DEFAULTS: dict[str, Any] = {
         "timeout": None,         # trials: seconds for the whole search; null = no limit
     },
     "eval": {
-        "batch_size": 64,
+        "batch_size": 128,
         "threshold": 0.5,
         "empty_classes": "skip",  # skip | zero: classes without positives in mAP
     },

@@ -52,13 +52,25 @@ def colour_dataset(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "train": train, "test": test}
 
 
+# The defaults are the paper's recipe (ML-Decoder, AAM, SAM, ...); most tests want the simplest loop.
+SIMPLE_RECIPE = {
+    "model": {"backbone": TINY_BACKBONE, "head": "linear", "pretrained": False},
+    "loss": {"name": "bce", "params": {}},
+    "train": {"optimizer": "adamw", "weight_decay": 1e-4, "sam": False, "double_bias_lr": False,
+              "ema": 0.0, "early_stopping": False, "div_factor": 25.0, "final_div_factor": 1e4},
+    "augment": {"randaugment": None, "cutout": 0.0},
+}
+
+
 def tiny_config(dataset: dict[str, Path], out: Path, **train) -> dict:
     return {
         "output_dir": str(out), "name": "tiny", "device": "cpu",
         "data": {"train": str(dataset["train"]), "val": str(dataset["test"]),
-                 "test": str(dataset["test"]), "image_size": 32, "num_workers": 0},
-        "model": {"backbone": TINY_BACKBONE},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, **train},
+                 "test": str(dataset["test"]), "image_size": 32, "num_workers": 0,
+                 "augment": dict(SIMPLE_RECIPE["augment"])},
+        "model": dict(SIMPLE_RECIPE["model"]),
+        "loss": {"name": "bce", "params": {}},
+        "train": {**SIMPLE_RECIPE["train"], "epochs": 2, "batch_size": 16, "lr": 0.01, **train},
         "eval": {"batch_size": 32},
     }
 

@@ -25,7 +25,7 @@ import mlic
 from mlic.cli import main
 from mlic.data.formats import load_table
 from mlic.engine.run_dir import read_metrics
-from conftest import COLOURS, TINY_BACKBONE, make_colour_images
+from conftest import COLOURS, SIMPLE_RECIPE, TINY_BACKBONE, make_colour_images
 
 FORMATS = ["csv", "coco", "voc", "nuswide", "json", "openimages"]
 N_TRAIN, N_TEST = 32, 16
@@ -275,9 +275,10 @@ def config_for(case: Case, out: Path, **train) -> dict:
     return {
         "output_dir": str(out), "name": case.fmt, "device": "cpu",
         "data": {"train": case.train, "val": case.test, "test": case.test, "image_size": 32,
-                 "num_workers": 0},
-        "model": {"backbone": TINY_BACKBONE},
-        "train": {"epochs": 1, "batch_size": 16, "lr": 0.01, **train},
+                 "num_workers": 0, "augment": dict(SIMPLE_RECIPE["augment"])},
+        "model": dict(SIMPLE_RECIPE["model"]),
+        "loss": {"name": "bce", "params": {}},
+        "train": {**SIMPLE_RECIPE["train"], "epochs": 1, "batch_size": 16, "lr": 0.01, **train},
         "eval": {"batch_size": 32},
     }
 

@@ -14,7 +14,9 @@ from mlic.cli import main
 from conftest import TINY_BACKBONE, make_colour_images, tiny_config, write_plain_csv
 
 FAST = ["--no-progress", "output_dir={out}", "name=err", "device=cpu", f"model.backbone={TINY_BACKBONE}",
-        "data.image_size=32", "data.num_workers=0", "train.epochs=1", "train.batch_size=8"]
+        "model.pretrained=false", "model.head=linear", "loss.name=bce", "loss.params={{}}",
+        "train.sam=false", "data.augment.randaugment=null", "data.image_size=32",
+        "data.num_workers=0", "train.epochs=1", "train.batch_size=8"]
 
 
 def cli_error(capsys, argv: list[str], *parts: str) -> str:

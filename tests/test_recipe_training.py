@@ -28,8 +28,17 @@ def test_sam_recipe_trains(colour_dataset, tmp_path):
     assert model.head.fc.scale == 10.0  # loss.params.scale set the cosine head's scale
 
 
-def test_angular_loss_needs_a_cosine_head(colour_dataset, tmp_path):
-    config = tiny_config(colour_dataset, tmp_path)
+def test_angular_loss_switches_the_head_to_cosine(colour_dataset, tmp_path):
+    config = tiny_config(colour_dataset, tmp_path, epochs=1)
+    config["loss"] = {"name": "aam", "params": {}}
+    run = mlic.train(config, progress=False, quiet=True)
+    model, meta = mlic.engine.load_model(run)
+    assert meta["model"]["head_params"]["cosine"] is True and model.head.fc.scale == 23.0
+
+
+def test_angular_loss_refuses_a_head_without_cosine_form(colour_dataset, tmp_path):
+    config = tiny_config(colour_dataset, tmp_path, epochs=1)
+    config["model"].update(head="ml_gcn", label_embeddings="onehot")
     config["loss"] = {"name": "aam", "params": {}}
     with pytest.raises(mlic.errors.ConfigError, match="cosine"):
         mlic.train(config, progress=False, quiet=True)

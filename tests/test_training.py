@@ -13,7 +13,7 @@ from torch import nn
 
 import mlic
 from mlic.cli import main
-from mlic.config import default_config, load_config
+from mlic.config import merge, default_config, load_config
 from mlic.data.formats import load_table
 from mlic.engine import Trainer
 from mlic.engine.optim import build_optimizer
@@ -164,11 +164,7 @@ def test_saved_config_reloads_and_reproduces(colour_dataset, tmp_path) -> None:
     saved = load_config(run / "config.yaml")
     assert saved == load_config(None, base=saved)  # already complete and valid
     expected = default_config()
-    for section, values in cfg.items():
-        if isinstance(values, dict):
-            expected[section].update(values)
-        else:
-            expected[section] = values
+    merge(expected, cfg)
     assert saved == expected
     again = tmp_path / "again"
     assert main(["train", "--config", str(run / "config.yaml"), f"output_dir={again}",

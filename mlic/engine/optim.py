@@ -31,7 +31,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool 
 
 def build_optimizer(model: nn.Module, train: Mapping[str, Any]) -> torch.optim.Optimizer:
     name, lr = train["optimizer"], float(train["lr"])
-    if train.get("double_bias_lr"):
+    if train.get("double_bias_lr") and train["no_bias_decay"]:
         from mlic.engine.sam import sam_parameter_groups  # the paper's three groups
         groups = sam_parameter_groups(model, train["weight_decay"], double_bias_lr=True)
     else:

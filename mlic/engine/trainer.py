@@ -6,6 +6,7 @@ keeps the better one as ``best``, and saves ``last`` with everything needed to r
 """
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import time
@@ -34,7 +35,7 @@ from mlic.engine.step import OptimizerStep
 from mlic.errors import ConfigError, MlicError
 from mlic.losses import build_loss
 from mlic.models import MultiLabelClassifier, create_model
-from mlic.models.heads import head_uses_label_context
+from mlic.models.heads import HEADS, head_uses_label_context
 from mlic.models.heads.cosine import cosine_scale
 
 
@@ -153,6 +154,9 @@ class Trainer:
         m = config["model"]
         loss_params = dict(config["loss"]["params"] or {})
         head_params, context = self._label_context(m)
+        if config["loss"]["name"] in ANGULAR_LOSSES and "cosine" not in head_params and \
+                "cosine" in inspect.signature(HEADS[m["head"]].__init__).parameters:
+            head_params["cosine"] = True  # AM/AAM work on cosine logits (DOR switches it the same way)
         if config["loss"]["name"] in ANGULAR_LOSSES and "scale" in loss_params:
             head_params.setdefault("scale", loss_params["scale"])
             if isinstance(head_params.get("decoder"), dict):  # label graph feeding an ML-Decoder
