@@ -12,6 +12,15 @@ import sys
 from pathlib import Path
 
 
+def split_spec(path: str, fmt: str | None, options: list[str] | None) -> dict:
+    """A data split spec from --data/--format/--option key=value arguments."""
+    spec = {"path": path, **({"format": fmt} if fmt else {})}
+    for option in options or []:
+        key, _, value = option.partition("=")
+        spec[key] = value
+    return spec
+
+
 def _train(args: argparse.Namespace) -> None:
     from mlic.engine import train
     if args.resume is None and args.config is None and not args.overrides:
@@ -22,14 +31,7 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from mlic.engine.evaluate import format_report
     from mlic.evaluation import evaluate
-    data = None
-    if args.data:
-        data = {"path": args.data}
-        if args.format:
-            data["format"] = args.format
-        for option in args.option or []:
-            key, _, value = option.partition("=")
-            data[key] = value
+    data = split_spec(args.data, args.format, args.option) if args.data else None
     thresholds = args.threshold if args.threshold is not None else 0.5
     report = evaluate(args.run, data, split=args.split, thresholds=thresholds,
                       empty_classes=args.empty_classes, batch_size=args.batch_size,
@@ -69,12 +71,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _data_stats(args: argparse.Namespace) -> None:
     from mlic.data.formats import load_table
     from mlic.data.stats import describe
-    spec = {"path": args.dataset}
-    if args.format:
-        spec["format"] = args.format
-    for option in args.option or []:
-        key, _, value = option.partition("=")
-        spec[key] = value
+    spec = split_spec(args.dataset, args.format, args.option)
     print(describe(load_table(spec), top=args.top))
 
 

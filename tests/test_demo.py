@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 
 from PIL import Image
 
 from mlic.demo import run_demo
+from tests.test_emoji import _tarball
 
 VENDORS = ("google", "apple", "facebook", "twitter")
 
@@ -18,14 +18,6 @@ def _png(seed: int) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _tarball(path, files: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def fake_packages(folder, count: int = 12) -> None:
