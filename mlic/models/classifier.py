@@ -29,8 +29,18 @@ class MultiLabelClassifier(nn.Module):
     def num_classes(self) -> int:
         return int(self.model_config["num_classes"])
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+    @property
+    def takes_label_states(self) -> bool:
+        """True for heads (C-Tran) whose prediction can use labels known for the image."""
+        return bool(getattr(self.head, "takes_label_states", False))
+
+    def forward(self, images: torch.Tensor, label_states: torch.Tensor | None = None) -> torch.Tensor:
+        """``label_states`` (B, C): 1 known positive, 0 known negative, -1 unknown (the targets'
+        encoding); only heads with ``takes_label_states`` use it, the others ignore it."""
+        features = self.backbone(images)
+        if self.takes_label_states:
+            return self.head(features, label_states)
+        return self.head(features)
 
     @staticmethod
     def probabilities(logits: torch.Tensor) -> torch.Tensor:
