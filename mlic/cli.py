@@ -36,7 +36,7 @@ def _eval(args: argparse.Namespace) -> None:
     report = evaluate(args.run, data, split=args.split, thresholds=thresholds,
                       empty_classes=args.empty_classes, batch_size=args.batch_size,
                       device=args.device, num_workers=args.num_workers,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, known_fraction=args.known_fraction)
     print(format_report(report, per_class=args.per_class))
     if Path(args.run).is_dir():
         print(f"written: {Path(args.run) / ('eval_' + report['split'] + '.json')}")
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "tuned per-class thresholds, if the model has them, are reported beside")
     p.add_argument("--empty-classes", choices=["skip", "zero"], default="skip",
                    help="classes without positives: left out of mAP (default) or counted as 0")
+    p.add_argument("--known-fraction", type=float, default=0.0,
+                   help="partial-label protocol: this share of each image's labels is known (the "
+                        "same set for every model; given to C-Tran), metrics over the rest only")
     p.add_argument("--per-class", type=int, default=10, help="best/worst classes to list")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
         "test": None,        # evaluated once at the end with the selected weights; optional
         "classes": None,     # label order: list or file; default: the training table's
         "image_size": 448,
+        "hide_fraction": 0.0,  # hide this share of the training labels (-1): simulated partial labels
         "num_workers": 2,
         "check_images": "exists",  # exists | decode | none: what is checked before training
         "augment": {
@@ -80,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
         "sam_rho": 0.05,
         "sam_adaptive": False,  # ASAM: perturbation scaled by |w|
         "double_bias_lr": True,  # biases at 2x lr (the paper's recipe, Caffe style)
+        # Label-mask training for heads that take known labels (C-Tran): reveal up to this share of
+        # each image's labels to the model and score the rest; 0 = off. Other heads ignore it.
+        "label_mask": 0.75,
         "accumulate": 1,        # split each batch into this many chunks (same result, less memory)
         "early_stopping": True,  # the paper's heuristic on the validation mAP (needs data.val)
         "patience": 5,
@@ -123,7 +127,7 @@ POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "
 NON_NEGATIVE = {"train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
                 "data.num_workers", "data.augment.shift", "data.augment.cutout"}
 AUTO_KEYS = {"train.lr"}  # may also be the string "auto"
-UNIT_INTERVAL = {"eval.threshold", "train.ema", "train.pct_start", "data.augment.cutout",
+UNIT_INTERVAL = {"eval.threshold", "data.hide_fraction", "train.label_mask", "train.ema", "train.pct_start", "data.augment.cutout",
                  "train.es_smoothing",
                  "data.augment.cutout_p", "train.momentum", "model.drop_rate", "lr_finder.smoothing"}
 

@@ -17,6 +17,7 @@ from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
 from mlic.engine.checkpoint import load_model, write_json
 from mlic.engine.evaluate import metrics_report, predict_scores
+from mlic.engine.label_mask import evaluation_label_states, unknown_only
 from mlic.engine.trainer import make_loader, resolve_device
 from mlic.errors import ConfigError
 from mlic.thresholds import model_thresholds
@@ -25,12 +26,20 @@ from mlic.thresholds import model_thresholds
 def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None,
              split: str | None = None, thresholds: float | str | None = None,
              empty_classes: str = "skip", batch_size: int = 64, device: str = "auto",
-             num_workers: int = 2, tag: str = "best", progress: bool = True) -> dict[str, Any]:
+             num_workers: int = 2, tag: str = "best", progress: bool = True,
+             known_fraction: float = 0.0) -> dict[str, Any]:
     """Evaluate; returns the report (also written to ``<run>/eval_<name>.json``).
+
+    ``known_fraction`` > 0: the partial-label protocol (``mlic.engine.label_mask``): that share of
+    each image's labels is known (the same set for every model), given to models that take known
+    labels (C-Tran), and every metric is computed over the other entries only; the report is written
+    to ``eval_<name>_known<percent>.json``.
 
     ``thresholds``: a number (default 0.5) for the main columns; when the model has tuned
     per-class thresholds, the report also gives the metrics at those (``report["tuned"]``).
     """
+    if not 0 <= known_fraction < 1:
+        raise ConfigError(f"known fraction must be in [0, 1), got {known_fraction}")
     run = Path(run)
     model, meta = load_model(run, tag)
     name = split or "custom"
@@ -53,10 +62,19 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
     dev = resolve_device(device)
     model.to(dev)
     loader = make_loader(table, eval_transform(model.preprocessing), batch_size, num_workers, False)
-    scores, targets = predict_scores(model, loader, dev, desc=f"eval {name}", progress=progress)
+    states = None
+    if known_fraction > 0:
+        states = evaluation_label_states(table.paths, table.targets, known_fraction)
+    scores, targets = predict_scores(model, loader, dev, desc=f"eval {name}", progress=progress,
+                                     label_states=states)
+    if states is not None:
+        targets = unknown_only(targets, states)
+        name = f"{name}_known{round(100 * known_fraction)}"
     report = metrics_report(scores, targets, meta["label_names"], float(thresholds), empty_classes,
                             tuned_thresholds=tuned)
     report["split"], report["source"] = name, table.source
+    report["known_fraction"] = float(known_fraction)
+    report["uses_known_labels"] = bool(model.takes_label_states)
     if run.is_dir():
         write_json(run / f"eval_{name}.json", report)
         with open(run / f"per_class_ap_{name}.csv", "w", newline="", encoding="utf-8") as f:

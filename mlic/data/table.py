@@ -87,6 +87,20 @@ class LabelTable:
         return LabelTable(list(self.paths), list(label_names), out, self.root, self.source,
                           dict(self.extra))
 
+    def hide(self, fraction: float, seed: int = 0) -> tuple["LabelTable", int]:
+        """A copy with ``fraction`` of the labelled entries (1 or 0) set to unknown, chosen uniformly
+        at random with ``seed``: simulated partial annotation (``data.hide_fraction``).
+        Returns the table and the number of entries hidden."""
+        if not 0 <= fraction <= 1:
+            raise DataError(f"hide fraction must be in [0, 1], got {fraction}", self.source)
+        targets = self.targets.copy()
+        labelled = np.flatnonzero(targets.reshape(-1) != UNKNOWN)
+        count = int(round(fraction * len(labelled)))
+        chosen = np.random.default_rng(seed).choice(labelled, size=count, replace=False)
+        targets.reshape(-1)[chosen] = UNKNOWN
+        return LabelTable(list(self.paths), list(self.label_names), targets, self.root, self.source,
+                          dict(self.extra)), count
+
     def summary(self) -> str:
         pos = (self.targets == POSITIVE).sum()
         unk = (self.targets == UNKNOWN).sum()

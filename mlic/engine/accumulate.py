@@ -66,19 +66,24 @@ def chunk_weights(loss_fn: nn.Module, chunks: list[tuple[torch.Tensor, torch.Ten
 
 def backward_in_chunks(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor,
                        targets: torch.Tensor, scaler: torch.amp.GradScaler, device: torch.device,
-                       amp: bool, chunks: int = 1, reduction: str | None = None) -> torch.Tensor:
+                       amp: bool, chunks: int = 1, reduction: str | None = None,
+                       label_states: torch.Tensor | None = None) -> torch.Tensor:
     """Forward and (scaled) backward over the batch in ``chunks`` pieces; gradients accumulate.
 
     Returns the whole batch's loss, detached (the weighted sum of the chunk losses). The model runs
     under autocast when ``amp``; the loss is computed in float32 on the logits, as in OptimizerStep.
+    ``label_states`` (B, C) goes to the model with the images (heads that take known labels).
     Does not zero gradients.
     """
     pieces = split_batch(images, targets, chunks)
     weights = chunk_weights(loss_fn, pieces, reduction)
+    # Label states (C-Tran's revealed labels) are split like the targets they come from.
+    states = [None] * len(pieces) if label_states is None else \
+        [s for _, s in split_batch(images, label_states, chunks)]
     total = None
-    for (x, t), weight in zip(pieces, weights):
+    for (x, t), state, weight in zip(pieces, states, weights):
         with autocast(device, amp):
-            logits = model(x)
+            logits = model(x) if state is None else model(x, state)
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()  # losses run in float32 (float64 stays float64)
         loss = loss_fn(logits, t)

@@ -26,16 +26,24 @@ def autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def predict_scores(model: MultiLabelClassifier, loader, device: torch.device, amp: bool = False,
-                   channels_last: bool = False, desc: str = "eval", progress: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (N, C) and targets (N, C) over the loader, in loader order."""
+                   channels_last: bool = False, desc: str = "eval", progress: bool = True,
+                   label_states: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) and targets (N, C) over the loader, in loader order.
+
+    ``label_states`` (N, C), in loader order: labels known for each image (1/0, else -1), given to
+    models that take them (C-Tran); other models ignore them."""
     was_training = model.training
     model.eval()
-    scores, targets = [], []
+    scores, targets, offset = [], [], 0
     for images, target in tqdm(loader, desc=desc, leave=False, disable=not progress,
                                mininterval=2.0):
+        states = None
+        if label_states is not None:
+            states = torch.as_tensor(label_states[offset:offset + len(target)], dtype=torch.float32,
+                                     device=device)
+            offset += len(target)
         with autocast(device, amp):
-            logits = model(batch_to_device(images, device, channels_last))
+            logits = model(batch_to_device(images, device, channels_last), states)
         scores.append(model.probabilities(logits).cpu().numpy())
         targets.append(target.numpy())
     model.train(was_training)

@@ -127,9 +127,11 @@ class SAMStep:
         return [p for group in self.optimizer.param_groups for p in group["params"]
                 if p.grad is not None]
 
-    def _pass(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _pass(self, images: torch.Tensor, targets: torch.Tensor,
+              label_states: torch.Tensor | None = None) -> torch.Tensor:
         loss = backward_in_chunks(self.model, self.loss_fn, images, targets, self.scaler,
-                                  self.device, self.amp, self.accumulate, self.loss_reduction)
+                                  self.device, self.amp, self.accumulate, self.loss_reduction,
+                                  label_states=label_states)
         self.scaler.unscale_(self.optimizer)
         return loss
 
@@ -154,11 +156,13 @@ class SAMStep:
         return float(loss), False
 
     # ---------------------------------------------------------------------------------- step
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, bool]:
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor,
+                 label_states: torch.Tensor | None = None) -> tuple[float, bool]:
         """Returns (loss at w + e, stepped); ``stepped`` is False when a non-finite gradient in
-        either pass made the step be skipped (the weights are then unchanged)."""
+        either pass made the step be skipped (the weights are then unchanged). ``label_states``:
+        labels revealed to the model (label-mask training), the same in both passes."""
         self.optimizer.zero_grad(set_to_none=True)
-        first_loss = self._pass(images, targets)
+        first_loss = self._pass(images, targets, label_states)
 
         params = self._params_with_grads()
         grads = [p.grad for p in params]
@@ -181,7 +185,7 @@ class SAMStep:
         del grads
         self.optimizer.zero_grad(set_to_none=True)
 
-        loss = self._pass(images, targets)
+        loss = self._pass(images, targets, label_states)
         all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.grad_clip > 0:
             norm = float(nn.utils.clip_grad_norm_(all_params, self.grad_clip))

@@ -21,12 +21,14 @@ class OptimizerStep:
         # A gradient scaler is only needed for fp16; bf16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, bool]:
-        """Returns (loss, stepped): ``stepped`` is False when fp16 overflow made the scaler skip."""
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor,
+                 label_states: torch.Tensor | None = None) -> tuple[float, bool]:
+        """Returns (loss, stepped): ``stepped`` is False when fp16 overflow made the scaler skip.
+        ``label_states``: labels revealed to the model (label-mask training), or None."""
         self.optimizer.zero_grad(set_to_none=True)
         # Forward and backward per chunk (losses in float32), gradients summed as for the whole batch.
         loss = backward_in_chunks(self.model, self.loss_fn, images, targets, self.scaler,
-                                  self.device, self.amp, self.accumulate)
+                                  self.device, self.amp, self.accumulate, label_states=label_states)
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)

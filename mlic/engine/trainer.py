@@ -29,6 +29,7 @@ from mlic.engine.evaluate import format_report, metrics_report, predict_scores
 from mlic.engine.optim import build_optimizer, build_scheduler
 from mlic.engine.run_dir import (append_metrics, close_logger, new_run_dir, run_logger,
                                  truncate_metrics)
+from mlic.engine.label_mask import reveal, sample_revealed
 from mlic.engine.early_stopping import EarlyStopping, onecycle_warmup_finished
 from mlic.engine.sam import SAMStep
 from mlic.engine.step import OptimizerStep
@@ -77,7 +78,7 @@ def read_classes(classes: Any) -> list[str] | None:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def load_splits(data: Mapping[str, Any]) -> Splits:
+def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
     """Read the splits and align them all to one label order (the training split's by default)."""
     if data.get("train") is None:
         raise ConfigError("data.train is not set: give the training annotations, e.g. "
@@ -85,6 +86,9 @@ def load_splits(data: Mapping[str, Any]) -> Splits:
     train = load_table(data["train"])
     names = read_classes(data.get("classes")) or train.label_names
     splits = Splits(names, train.with_labels(names, "negative"))
+    if data.get("hide_fraction"):
+        splits.train, hidden = splits.train.hide(float(data["hide_fraction"]), seed)
+        splits.notes.append(f"data.hide_fraction: {hidden} training labels hidden (set to unknown)")
     missing = sorted(set(names) - set(train.label_names))
     if missing:
         splits.notes.append(f"{len(missing)} labels of data.classes never occur in the training split")
@@ -141,7 +145,7 @@ class Trainer:
         seed_everything(int(config["seed"]))
         self.device = resolve_device(config["device"])
 
-        self.splits = load_splits(data)
+        self.splits = load_splits(data, int(config["seed"]))
         self.label_names = self.splits.label_names
         for note in self.splits.notes:
             self.log.info(f"note: {note}")
@@ -196,6 +200,7 @@ class Trainer:
             self.step = OptimizerStep(self.model, self.loss_fn, self.optimizer, self.device,
                                       amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"],
                                       accumulate=train_cfg["accumulate"])
+        self.label_mask = float(train_cfg["label_mask"]) if self.model.takes_label_states else 0.0
         self.stopper = None
         if train_cfg["early_stopping"]:
             if self.val_loader is None:
@@ -287,7 +292,10 @@ class Trainer:
         for images, targets in bar:
             images = batch_to_device(images, self.device, self.channels_last)
             targets = targets.to(self.device, non_blocking=True)
-            loss, stepped = self.step(images, targets)
+            label_states = None
+            if self.label_mask > 0:  # C-Tran: some labels are told, the loss is on the others
+                label_states, targets = reveal(targets, sample_revealed(targets, self.label_mask))
+            loss, stepped = self.step(images, targets, label_states)
             if not math.isfinite(loss):
                 raise MlicError(f"the loss became {loss} at epoch {self.epoch + 1}, step "
                                 f"{self.global_step + 1}; the last good checkpoint is kept in "

@@ -46,3 +46,4 @@ def head_uses_label_context(name: str) -> bool:
 from mlic.models.heads import linear  # noqa: E402,F401  (registers itself)
 from mlic.models.heads import ml_decoder, query2label  # noqa: E402,F401  (register themselves)
 from mlic.models.heads import label_graph, ml_gcn  # noqa: E402,F401  (register themselves)
+from mlic.models.heads import ctran  # noqa: E402,F401  (registers itself)

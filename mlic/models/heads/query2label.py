@@ -39,43 +39,7 @@ from torch import nn
 from mlic.errors import ConfigError
 from mlic.models.heads import register_head
 from mlic.models.heads.position import sine_position_encoding
-
-
-def _feed_forward(dim: int, ff_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
-
-
-class _EncoderLayer(nn.Module):
-    """Post-norm self-attention layer; the position goes into queries and keys, never values."""
-
-    def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.ff = _feed_forward(dim, ff_dim, dropout)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
-
-    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        q = k = src + pos
-        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, need_weights=False)[0]))
-        return self.norm2(src + self.dropout2(self.ff(src)))
-
-
-class _DecoderLayer(nn.Module):
-    """Post-norm decoder layer without self-attention: cross-attention, then the FFN."""
-
-    def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float):
-        super().__init__()
-        self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.ff = _feed_forward(dim, ff_dim, dropout)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
-
-    def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor,
-                pos: torch.Tensor) -> torch.Tensor:
-        attended = self.cross_attn(tgt + query_pos, memory + pos, memory, need_weights=False)[0]
-        tgt = self.norm1(tgt + self.dropout1(attended))
-        return self.norm2(tgt + self.dropout2(self.ff(tgt)))
+from mlic.models.heads.transformer import DecoderLayer, EncoderLayer
 
 
 @register_head("query2label")
@@ -103,9 +67,9 @@ class Query2LabelHead(nn.Module):
             raise ConfigError(f"query2label: hidden_dim {hidden} differs from the backbone's "
                               f"{in_features} channels, which needs input_projection")
         self.input_proj = nn.Conv2d(in_features, hidden, 1) if input_projection else nn.Identity()
-        self.encoder = nn.ModuleList(_EncoderLayer(hidden, num_heads, ff_dim, dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(hidden, num_heads, ff_dim, dropout)
                                      for _ in range(encoder_layers))
-        self.decoder = nn.ModuleList(_DecoderLayer(hidden, num_heads, ff_dim, dropout)
+        self.decoder = nn.ModuleList(DecoderLayer(hidden, num_heads, ff_dim, dropout)
                                      for _ in range(decoder_layers))
         self.decoder_norm = nn.LayerNorm(hidden)
         for p in (*self.encoder.parameters(), *self.decoder.parameters()):
