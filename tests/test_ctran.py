@@ -199,3 +199,14 @@ def test_eval_with_known_fraction_scores_only_the_unknown_entries(cooccurrence_r
     assert half["mAP"] == pytest.approx(expected, abs=1e-9)
     # Knowing half of the pairs makes the other half predictable: far above the image-only mAP.
     assert half["mAP"] > plain["mAP"] + 0.1
+
+
+def test_hide_fraction_reaches_the_training_split_only(colour_dataset) -> None:
+    from mlic.engine.trainer import load_splits
+    data = {"train": str(colour_dataset["train"]), "test": str(colour_dataset["test"]),
+            "hide_fraction": 0.25}
+    splits = load_splits(data, seed=0)
+    labelled = splits.train.targets.size
+    assert (splits.train.targets == -1).sum() == round(0.25 * labelled)
+    assert (splits.test.targets >= 0).all()
+    assert any("hide_fraction" in note for note in splits.notes)
