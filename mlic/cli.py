@@ -9,6 +9,7 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -42,13 +43,34 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"written: {Path(args.run) / ('eval_' + report['split'] + '.json')}")
 
 
+def parse_known(items: list[str] | None) -> dict[str, str] | None:
+    """--known dog=1,cat=0 (repeatable) -> {"dog": "1", "cat": "0"}; a label may contain spaces."""
+    from mlic.errors import DataError
+    if not items:
+        return None
+    known = {}
+    for item in items:
+        for pair in filter(None, (p.strip() for p in item.split(","))):
+            name, sep, value = pair.rpartition("=")
+            if not sep or not name.strip():
+                raise DataError(f"--known {item!r}: expected label=1 or label=0 pairs, "
+                                f"separated by commas")
+            known[name.strip()] = value.strip()
+    return known
+
+
 def _predict(args: argparse.Namespace) -> None:
-    from mlic.inference import Predictor, expand_image_paths
-    predictor = Predictor.load(args.run, device=args.device)
+    from mlic.inference import KnownLabelsIgnored, Predictor, expand_image_paths
+    predictor = Predictor.load(args.run, backend=args.backend, device=args.device,
+                               precision=None if args.precision == "default" else args.precision)
     if args.threshold is not None:
         predictor.thresholds[:] = args.threshold
     images = expand_image_paths(args.images)
-    results = predictor.predict(images, batch_size=args.batch_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", KnownLabelsIgnored)
+        results = predictor.predict(images, batch_size=args.batch_size, known=parse_known(args.known))
+    for warning in caught:
+        print(f"mlic predict: warning: {warning.message}", file=sys.stderr)
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         if args.format == "json":
@@ -66,6 +88,28 @@ def _predict(args: argparse.Namespace) -> None:
         if args.output:
             out.close()
             print(f"{len(results)} predictions written to {args.output}", file=sys.stderr)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from mlic.export import export_model
+    path = export_model(args.run, args.format, out=args.out, int8=args.int8,
+                        logits=not args.no_logits, tag=args.tag,
+                        calibration_data=args.calibration_data,
+                        calibration_size=args.calibration_size)
+    outputs = "probabilities (sigmoid inside the graph)" + ("" if args.no_logits else " and logits")
+    print(f"written: {path}  ({'INT8' if args.int8 else 'FP32'}, dynamic batch; outputs: {outputs}; "
+          f"label names, thresholds and preprocessing in its metadata)")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from mlic.export.bench import bench_model, format_results
+    results = bench_model(args.model, args.backend, batch_size=args.batch_size, warmup=args.warmup,
+                          repeats=args.repeats, threads=args.threads, tag=args.tag)
+    print(format_results(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n",
+                                   encoding="utf-8")
+        print(f"written: {args.json}")
 
 
 def _data_stats(args: argparse.Namespace) -> None:
@@ -162,8 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("predict", help="labels and scores for images, folders or globs")
-    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("run", help="run folder, checkpoint, or exported .onnx / .xml")
     p.add_argument("images", nargs="+")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"],
+                   help="default: torch for runs and checkpoints, onnxruntime for .onnx, openvino "
+                        "for .xml (runs are exported on the fly for the other two)")
+    p.add_argument("--precision", choices=["default", "f32"], default="default",
+                   help="OpenVINO only: its default (bf16 on CPUs that have it) or f32")
+    p.add_argument("--known", action="append", metavar="LABEL=1,LABEL=0",
+                   help="labels known for every image (1 present, 0 absent); used by heads with "
+                        "label states (ctran), ignored with a warning by the others")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--output", "-o", help="file to write (default: standard output)")
     p.add_argument("--threshold", type=float, help="override the model's thresholds")
@@ -171,6 +223,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="ONNX or OpenVINO IR (FP32, or INT8 with NNCF) with the label "
+                       "names, thresholds and preprocessing inside")
+    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
+    p.add_argument("--int8", action="store_true", help="NNCF post-training quantization, "
+                   "calibrated on a subset of the run's training images")
+    p.add_argument("--out", help="folder (default RUN/export) or file name (.onnx / .xml)")
+    p.add_argument("--no-logits", action="store_true", help="output probabilities only")
+    p.add_argument("--tag", default="best", help="checkpoint of the run (best or last)")
+    p.add_argument("--calibration-data", help="annotations of the calibration images "
+                   "(default: the run's training split)")
+    p.add_argument("--calibration-size", type=int, default=300)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("bench", help="latency (batch 1, p50/p90) and throughput per backend")
+    p.add_argument("model", help="run folder, checkpoint, or exported .onnx / .xml")
+    p.add_argument("--backend", nargs="+", choices=["torch", "onnxruntime", "openvino"],
+                   help="default: every backend that can run MODEL")
+    p.add_argument("--batch-size", type=int, default=16, help="batch of the throughput test")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=30, help="timed batch-1 calls")
+    p.add_argument("--threads", type=int, help="threads per backend (default: each one's own)")
+    p.add_argument("--tag", default="best")
+    p.add_argument("--json", help="also write the results to this file")
+    p.set_defaults(func=_bench)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command",
                                                                        required=True)

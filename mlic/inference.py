@@ -1,14 +1,24 @@
-"""Prediction with a trained model: ``Predictor.load(run_dir).predict(images)``.
+"""Prediction with a trained or exported model: ``Predictor.load(path).predict(images)``.
 
-Images may be paths, PIL images or HxWx3 uint8 arrays; the preprocessing is the one saved with
-the model, so predictions match what evaluation measured. Decisions use the model's thresholds
+``path`` is a run folder, a checkpoint, or an exported ``.onnx`` / ``.xml`` file alone; ``backend``
+is ``torch``, ``onnxruntime`` or ``openvino`` (default: torch for checkpoints, onnxruntime for
+.onnx, OpenVINO for .xml). Images may be paths, PIL images or HxWx3 uint8 arrays; every backend gets
+the same preprocessing, the one stored with the model (checkpoint JSON or the exported file's
+metadata), so predictions match what evaluation measured. Decisions use the model's thresholds
 (one per class after threshold tuning, else the evaluation threshold).
+
+Known labels: ``predict(images, known={"dog": 1, "cat": 0})`` (or one dict per image) tells a model
+that takes label states (C-Tran) what is already known; other labels stay unknown (-1). Label names
+the model does not have are an error. Models without label states cannot use them: their
+predictions are unchanged and a ``KnownLabelsIgnored`` warning says so.
 """
 from __future__ import annotations
 
+import difflib
 import glob
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,9 +26,10 @@ from PIL import Image
 
 from mlic.data.images import load_rgb, to_rgb
 from mlic.data.transforms import eval_transform
-from mlic.engine.checkpoint import load_model
 from mlic.errors import DataError
+from mlic.export.runtime import TorchRuntime, load_runtime
 from mlic.models import MultiLabelClassifier
+from mlic.models.backbone import Preprocessing
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -44,22 +55,51 @@ def expand_image_paths(items: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+class KnownLabelsIgnored(UserWarning):
+    """Known labels were given to a model whose head cannot use them (no label states)."""
+
+
+Known = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+_STATE_VALUES = {1: 1.0, 0: 0.0, -1: -1.0, "1": 1.0, "0": 0.0, "-1": -1.0}
+
+
 class Predictor:
-    def __init__(self, model: MultiLabelClassifier, metadata: dict[str, Any], device: str = "cpu"):
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+    def __init__(self, model: MultiLabelClassifier | Any, metadata: dict[str, Any],
+                 device: str = "cpu"):
+        """``model``: a classifier (run with PyTorch on ``device``) or a runtime from
+        ``mlic.export.runtime.load_runtime``."""
+        self.runtime = TorchRuntime(model, device) if isinstance(model, torch.nn.Module) else model
+        self.model = getattr(self.runtime, "model", None)  # the nn.Module on the torch backend
         self.metadata = metadata
         self.label_names: list[str] = list(metadata["label_names"])
+        self.runtime.num_classes = len(self.label_names)
         thresholds = metadata.get("thresholds", 0.5)
         self.thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64),
                                           (len(self.label_names),)).copy()
-        self.transform = eval_transform(model.preprocessing)
+        self.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
+        self.transform = eval_transform(self.preprocessing)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", tag: str = "best") -> "Predictor":
-        """From a run folder, its checkpoints folder, or a checkpoint .json / .safetensors."""
-        model, metadata = load_model(path, tag)
-        return cls(model, metadata, device)
+    def load(cls, path: str | Path, backend: str | None = None, device: str = "cpu",
+             tag: str = "best", precision: str | None = None, threads: int | None = None
+             ) -> "Predictor":
+        """From a run folder, its checkpoints folder, a checkpoint .json / .safetensors, or an
+        exported .onnx / .xml. ``precision`` (OpenVINO only): None for its default (bf16 on CPUs
+        that have it), "f32" to force float32. ``threads``: onnxruntime / OpenVINO threads."""
+        runtime, metadata = load_runtime(path, backend, device, tag, precision, threads)
+        return cls(runtime, metadata)
+
+    @property
+    def backend(self) -> str:
+        return self.runtime.backend
+
+    @property
+    def takes_label_states(self) -> bool:
+        return bool(self.runtime.takes_label_states)
+
+    def describe(self) -> str:
+        weights = getattr(self.runtime, "weights", "fp32")
+        return f"{self.backend}, {weights} weights, computing in {self.runtime.compute}"
 
     def _tensor(self, image: str | Path | Image.Image | np.ndarray) -> torch.Tensor:
         if isinstance(image, (str, Path)):
@@ -74,23 +114,67 @@ class Predictor:
                             f"or an array")
         return self.transform(to_rgb(image))
 
-    @torch.no_grad()
-    def scores(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+    def label_states(self, known: Known, count: int, stacklevel: int = 2) -> np.ndarray | None:
+        """(count, C) float32 label states from ``known`` (one dict for every image, or one per
+        image): 1 known present, 0 known absent, -1 unknown; None when nothing is known or the
+        model cannot use it (with a ``KnownLabelsIgnored`` warning)."""
+        if known is None:
+            return None
+        rows = [known] * count if isinstance(known, Mapping) else list(known)
+        if len(rows) != count:
+            raise DataError(f"known labels: {len(rows)} dicts for {count} images (give one dict for "
+                            f"all images, or one per image)")
+        index = {name: j for j, name in enumerate(self.label_names)}
+        states = np.full((count, len(self.label_names)), -1.0, dtype=np.float32)
+        strangers: list[str] = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise DataError(f"known labels: expected a dict of label -> 1/0, got "
+                                f"{type(row).__name__}")
+            for name, value in row.items():
+                if name not in index:
+                    strangers.append(str(name))
+                    continue
+                key = value if isinstance(value, str) else _number(value)
+                if key not in _STATE_VALUES:
+                    raise DataError(f"known label {name!r}: value {value!r} is not 1 (present), "
+                                    f"0 (absent) or -1 (unknown)")
+                states[i, index[name]] = _STATE_VALUES[key]
+        if strangers:
+            unique = sorted(set(strangers))
+            hints = [f"{n!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+                n, self.label_names, 1)) else repr(n) for n in unique[:10]]
+            raise DataError(f"known labels not among this model's {len(self.label_names)} labels: "
+                            f"{', '.join(hints)}" + (" ..." if len(unique) > 10 else ""))
+        if not self.takes_label_states:
+            head = self.metadata.get("model", {}).get("head", "this")
+            warnings.warn(f"the {head} head takes no label states: the known labels have no effect "
+                          f"on its predictions (only heads such as ctran use them)",
+                          KnownLabelsIgnored, stacklevel=stacklevel)
+            return None
+        return states
+
+    def scores(self, images: Sequence[Any], batch_size: int = 32, known: Known = None) -> np.ndarray:
         """Probabilities, shape (len(images), num_labels)."""
+        return self._scores(images, batch_size, self.label_states(known, len(images), 3))
+
+    def _scores(self, images: Sequence[Any], batch_size: int, states: np.ndarray | None
+                ) -> np.ndarray:
         out = []
         for start in range(0, len(images), batch_size):
             batch = torch.stack([self._tensor(im) for im in images[start:start + batch_size]])
-            logits = self.model(batch.to(self.device))
-            out.append(self.model.probabilities(logits).cpu().numpy())
+            rows = None if states is None else states[start:start + batch_size]
+            out.append(self.runtime(batch.numpy(), rows))
         if not out:
             return np.zeros((0, len(self.label_names)))
         return np.concatenate(out).astype(np.float64)
 
-    def predict(self, images: Sequence[Any] | str | Path, batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, images: Sequence[Any] | str | Path, batch_size: int = 32,
+                known: Known = None) -> list[dict[str, Any]]:
         """One dict per image: ``image``, ``labels`` (decided positive, best first), ``scores``."""
         if isinstance(images, (str, Path)):
             images = [images]
-        scores = self.scores(images, batch_size)
+        scores = self._scores(images, batch_size, self.label_states(known, len(images), 3))
         results = []
         for image, row in zip(images, scores):
             order = np.argsort(-row, kind="stable")
@@ -100,3 +184,12 @@ class Predictor:
                 "scores": {self.label_names[j]: float(row[j]) for j in order},
             })
         return results
+
+
+def _number(value: Any) -> Any:
+    """1, 0, -1 from ints, bools and integral floats; anything else unchanged (then refused)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() else value

@@ -1,0 +1,149 @@
+"""One interface over the three ways to run a model: eager PyTorch, onnxruntime and OpenVINO.
+
+A runtime takes preprocessed ``images`` (B, 3, S, S) float32 and, for heads that use known labels,
+``label_states`` (B, C) float32, and returns probabilities (B, C) as float64 numpy. Together with
+the metadata (label names, thresholds, preprocessing) it is all ``mlic.Predictor`` needs.
+
+``load_runtime`` accepts a run folder or checkpoint (any backend: for onnxruntime and OpenVINO the
+checkpoint is exported to a temporary folder first, FP32), an exported ``.onnx`` (onnxruntime or
+OpenVINO) or an exported ``.xml`` (OpenVINO).
+"""
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlic.errors import ConfigError
+from mlic.export.metadata import read_onnx_metadata, read_openvino_metadata
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+def require(module: str) -> None:
+    """A clear error when an optional package of the ``export`` extra is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"this needs the {module} package: pip install 'mlic[export]'")
+
+
+class TorchRuntime:
+    backend = "torch"
+
+    def __init__(self, model, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.takes_label_states = model.takes_label_states
+        self.compute = "f32"
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None) -> np.ndarray:
+        x = torch.from_numpy(images).to(self.device)
+        states = None if label_states is None else torch.from_numpy(label_states).to(self.device)
+        return self.model.probabilities(self.model(x, states)).cpu().numpy().astype(np.float64)
+
+
+class OnnxRuntime:
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        require("onnxruntime")
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.takes_label_states = "label_states" in self.input_names
+        self.compute = "f32"
+
+    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None) -> np.ndarray:
+        feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        if self.takes_label_states:
+            feeds["label_states"] = _states(label_states, images.shape[0], self)
+        return self.session.run(["probabilities"], feeds)[0].astype(np.float64)
+
+
+class OpenVinoRuntime:
+    """``precision``: None runs at OpenVINO's default (bf16 on CPUs with AVX512-BF16 or AMX, else
+    f32); "f32" forces float32, as parity checks need."""
+    backend = "openvino"
+
+    def __init__(self, model, precision: str | None = None, threads: int | None = None):
+        from mlic.export.openvino import compile_openvino
+        self.compiled = compile_openvino(model, precision, threads)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [next(iter(i.get_names())) for i in self.compiled.inputs]
+        self.takes_label_states = "label_states" in self.input_names
+        self.output = self.compiled.output("probabilities")
+        # What the CPU plugin actually computes in (f32, or bf16 by default where the CPU has it).
+        self.compute = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None) -> np.ndarray:
+        feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        if self.takes_label_states:
+            feeds["label_states"] = _states(label_states, images.shape[0], self)
+        return np.array(self.request.infer(feeds)[self.output], dtype=np.float64)
+
+
+def _type_name(element_type) -> str:
+    name = str(element_type).lower()
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(
+        name.split("'")[1] if "'" in name else name, name)
+
+
+def _states(label_states: np.ndarray | None, batch: int, runtime) -> np.ndarray:
+    if label_states is None:
+        return np.full((batch, runtime.num_classes), -1.0, dtype=np.float32)
+    return np.ascontiguousarray(label_states, dtype=np.float32)
+
+
+def load_runtime(path: str | Path, backend: str | None = None, device: str = "cpu",
+                 tag: str = "best", precision: str | None = None, threads: int | None = None
+                 ) -> tuple[Any, dict[str, Any]]:
+    """(runtime, metadata) for a run folder, a checkpoint, an exported .onnx or an .xml."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    exported = suffix in (".onnx", ".xml")
+    if backend is None:
+        backend = {".onnx": "onnxruntime", ".xml": "openvino"}.get(suffix, "torch")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if exported and not path.is_file():
+        raise ConfigError(f"{path}: no such model file")
+    if backend == "torch":
+        if exported:
+            raise ConfigError(f"{path}: an exported model runs on onnxruntime or openvino, not torch "
+                              f"(load the run folder or checkpoint for torch)")
+        from mlic.engine.checkpoint import load_model
+        model, metadata = load_model(path, tag)
+        runtime = TorchRuntime(model, device)
+    elif not exported:  # a checkpoint on an exported backend: export it (FP32) to a scratch folder
+        from mlic.export import export_model
+        with tempfile.TemporaryDirectory() as scratch:
+            file = export_model(path, "onnx" if backend == "onnxruntime" else "openvino",
+                                out=scratch, tag=tag)
+            return load_runtime(file, backend, device, tag, precision, threads)
+    elif backend == "onnxruntime":
+        if suffix != ".onnx":
+            raise ConfigError(f"{path}: onnxruntime runs .onnx files; use backend='openvino' for "
+                              f"an OpenVINO IR")
+        metadata = read_onnx_metadata(path)
+        runtime = OnnxRuntime(path, threads)
+    else:
+        require("openvino")
+        from mlic.export.openvino import core
+        try:
+            model = core().read_model(str(path))
+        except RuntimeError as e:
+            raise ConfigError(f"{path}: OpenVINO cannot read it ({str(e).splitlines()[0]})") from None
+        metadata = read_onnx_metadata(path) if suffix == ".onnx" else read_openvino_metadata(model, path)
+        runtime = OpenVinoRuntime(model, precision, threads)
+    runtime.num_classes = len(metadata["label_names"])
+    runtime.weights = metadata.get("export", {}).get("precision", "fp32")  # fp32 or int8
+    return runtime, metadata
+
+
