@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -37,7 +39,10 @@ DEFAULTS: dict[str, Any] = {
         "image_size": 448,
         "hide_fraction": 0.0,  # hide this share of the training labels (-1): simulated partial labels
         "num_workers": 2,
-        "check_images": "exists",  # exists | decode | none: what is checked before training
+        # What is checked before training: decode (every file read, in parallel) | exists | none
+        "check_images": "decode",
+        # error: stop with the list of bad images (file and reason) | skip: train on the rest
+        "on_bad_image": "error",
         "augment": {
             "hflip": True,   # off for data where left/right is a label (the emoji benchmark)
             "shift": 0,      # random translation, in pixels, up to this much
@@ -66,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "epochs": 60,
-        "batch_size": 84,
+        "batch_size": 84,        # global: torchrun's N processes take batch_size / N each
         "optimizer": "sgd",     # adamw | sgd | adam
         "lr": 0.007,            # or "auto": estimated before training (lr_finder section)
         "weight_decay": 5e-4,
@@ -80,6 +85,9 @@ DEFAULTS: dict[str, Any] = {
         "sam": True,            # sharpness-aware minimisation around the optimizer (2 passes/step)
         "sam_rho": 0.05,
         "sam_adaptive": False,  # ASAM: perturbation scaled by |w|
+        # Under DDP: SAM's perturbation from the all-reduced gradient (global, = the single-process
+        # run) or from each process's own (local, no_sync); docs/distributed.md
+        "sam_perturbation": "global",
         "double_bias_lr": True,  # biases at 2x lr (the paper's recipe, Caffe style)
         # Label-mask training for heads that take known labels (C-Tran): reveal up to this share of
         # each image's labels to the model and score the rest; 0 = off. Other heads ignore it.
@@ -90,8 +98,13 @@ DEFAULTS: dict[str, Any] = {
         "es_smoothing": 0.8,
         "amp": True,            # mixed precision on CUDA; ignored on CPU
         "grad_clip": 0.0,
+        # Mixed precision (fp16): steps in a row skipped for an inf/nan loss or gradient before the
+        # run stops; without a gradient scaler the first non-finite loss stops it.
+        "max_skipped_steps": 20,
         "log_every": 20,
         "channels_last": False,
+        "compile": False,       # torch.compile the training forward/backward
+        "sync_bn": False,       # SyncBatchNorm across processes in a distributed run (GPUs)
     },
     "lr_finder": {               # used when train.lr is "auto", and by `mlic lr-find`
         "method": "range",       # range: LR range test | trials: short constant-lr runs, TPE
@@ -104,7 +117,7 @@ DEFAULTS: dict[str, Any] = {
         "timeout": None,         # trials: seconds for the whole search; null = no limit
     },
     "eval": {
-        "batch_size": 128,
+        "batch_size": 128,       # global, like train.batch_size
         "threshold": 0.5,
         "empty_classes": "skip",  # skip | zero: classes without positives in mAP
     },
@@ -112,9 +125,11 @@ DEFAULTS: dict[str, Any] = {
 
 CHOICES = {
     "device": None,
-    "data.check_images": ("exists", "decode", "none"),
+    "data.check_images": ("decode", "exists", "none"),
+    "data.on_bad_image": ("error", "skip"),
     "train.optimizer": ("adamw", "sgd", "adam"),
     "train.scheduler": ("onecycle", "cosine", "constant"),
+    "train.sam_perturbation": ("global", "local"),
     "lr_finder.method": ("range", "trials"),
     "eval.empty_classes": ("skip", "zero"),
 }
@@ -124,12 +139,30 @@ POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "
             "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every",
             "lr_finder.min_lr", "lr_finder.max_lr", "lr_finder.steps", "lr_finder.n_trials",
             "lr_finder.epochs_per_trial", "lr_finder.smoothing"}
-NON_NEGATIVE = {"train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
+NON_NEGATIVE = {"train.max_skipped_steps", "train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
                 "data.num_workers", "data.augment.shift", "data.augment.cutout"}
 AUTO_KEYS = {"train.lr"}  # may also be the string "auto"
 UNIT_INTERVAL = {"eval.threshold", "data.hide_fraction", "train.label_mask", "train.ema", "train.pct_start", "data.augment.cutout",
                  "train.es_smoothing",
                  "data.augment.cutout_p", "train.momentum", "model.drop_rate", "lr_finder.smoothing"}
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading ``1e-4`` as a number: YAML 1.1 wants a dot (``1.0e-4``) and
+    would otherwise hand over the string '1e-4' for a learning rate."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_value(text: str) -> Any:
+    """A command-line override's value, read as YAML (numbers, true/false, null, lists, maps)."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)
+    except yaml.YAMLError:
+        return text  # e.g. a path with a colon: the string as typed
 
 
 def default_config() -> dict[str, Any]:
@@ -144,11 +177,13 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
         path = Path(path)
         try:
             with open(path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f) or {}
+                loaded = yaml.load(f, Loader=ConfigLoader) or {}
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(loaded).__name__}")
         merge(config, loaded, where=str(path))
@@ -158,7 +193,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        set_dotted(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        set_dotted(config, key.strip(), parse_value(raw) if raw.strip() else None)
     check(config)
     return config
 
@@ -250,11 +285,97 @@ def check(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"'{key}' must be >= 0, got {value!r}")
         if key in UNIT_INTERVAL and not 0 <= value <= 1:
             raise ConfigError(f"'{key}' must be in [0, 1], got {value!r}")
+    check_components(config)
+
+
+# Ranges of head parameters by name (every integer head parameter is a count or a width: >= 1).
+HEAD_PARAM_RANGES = {"scale": (0.0, None), "dropout": (0.0, 1.0), "tau": (0.0, 1.0), "p": (0.0, 1.0)}
+
+
+def check_components(config: Mapping[str, Any]) -> None:
+    """``model.head``, ``model.head_params``, ``loss.name`` and ``loss.params`` against the head's
+    and the loss's own parameters (names, types, ranges), before any data is read or model built."""
+    import inspect
+
+    from mlic.losses import LOSSES, build_loss
+    from mlic.models.heads import HEADS
+
+    head, head_params = config["model"]["head"], config["model"]["head_params"] or {}
+    if head not in HEADS:
+        raise ConfigError(f"'model.head': unknown head {head!r}{_closest(head, HEADS)}; "
+                          f"available: {', '.join(sorted(HEADS))}")
+    signature = inspect.signature(HEADS[head].__init__).parameters
+    accepted = {k: v.default for k, v in signature.items()
+                if k not in ("self", "in_features", "num_classes", "label_context")}
+    _check_params("model.head_params", f"head {head!r}", head_params, accepted, HEAD_PARAM_RANGES)
+
+    name, params = config["loss"]["name"], config["loss"]["params"] or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"'loss.params' must be a mapping of keys, got {params!r}")
+    key = str(name).strip().lower()
+    if key not in LOSSES:
+        raise ConfigError(f"'loss.name': unknown loss {name!r}{_closest(key, LOSSES)}; "
+                          f"valid losses: {', '.join(sorted(LOSSES))}")
+    accepted = {k: v.default for k, v in inspect.signature(LOSSES[key]).parameters.items()}
+    _check_params("loss.params", f"loss {key!r}", params, accepted, {})
+    try:  # the loss checks its own ranges (s > 0, margin in [0, 1), ...): build one, cheaply
+        build_loss(key, **params)
+    except ConfigError as e:
+        raise ConfigError(f"'loss.params': {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"'loss.params': a value does not fit loss {key!r} ({e})") from None
+
+
+def _closest(word: str, options: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def _check_params(section: str, owner: str, params: Any, accepted: Mapping[str, Any],
+                  ranges: Mapping[str, tuple[float | None, float | None]]) -> None:
+    """Names against ``accepted`` (name -> default), types against the defaults' types; integer
+    parameters must be >= 1 (counts and widths), ``ranges`` bounds the others by name."""
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"'{section}' must be a mapping of keys, got {params!r}")
+    for name, value in params.items():
+        key = f"{section}.{name}"
+        if name not in accepted:
+            close = _closest(name, accepted, prefix=f"{section}.")
+            raise ConfigError(f"unknown key '{key}'{close}: {owner} takes "
+                              f"{', '.join(sorted(accepted)) or 'no parameters'}")
+        kind = _kind(accepted[name])
+        if value is None or kind is None:
+            continue  # no default to compare with (None, or required)
+        if _kind(value) != kind and not (kind == "float" and _kind(value) == "int"):
+            raise ConfigError(f"'{key}' must be {'a number' if kind == 'float' else kind}, "
+                              f"got {value!r}")
+        if kind not in ("int", "float"):
+            continue
+        if not math.isfinite(value):
+            raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
+        low, high = (1, None) if kind == "int" else ranges.get(name, (None, None))
+        open_low = name == "scale"  # a cosine scale s of 0 gives constant logits
+        if low is not None and (value <= low if open_low else value < low):
+            raise ConfigError(f"'{key}' must be {'>' if open_low else '>='} {low:g}, got {value!r}")
+        if high is not None and value > high:
+            raise ConfigError(f"'{key}' must be <= {high:g}, got {value!r}")
+
+
+def _kind(value: Any) -> str | None:
+    for kind, types in (("true or false", bool), ("int", int), ("float", float), ("a string", str)):
+        if isinstance(value, types):
+            return kind
+    return None
 
 
 def save_config(config: Mapping[str, Any], path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_plain(config), f, sort_keys=False)
+    """Written to a temporary file and renamed: a crash never leaves half a config.yaml."""
+    from mlic.atomic import atomic_write
+
+    def write(temp: str) -> None:
+        with open(temp, "w", encoding="utf-8") as f:
+            yaml.safe_dump(to_plain(config), f, sort_keys=False)
+    atomic_write(Path(path), write)
 
 
 def to_plain(value: Any) -> Any:

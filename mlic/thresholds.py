@@ -11,7 +11,6 @@ Thresholds go to ``<run>/thresholds.json`` and into ``checkpoints/best.json``, w
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +20,7 @@ import yaml
 from mlic.data.dataset import check_images
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
-from mlic.engine.checkpoint import load_model, resolve_checkpoint, write_json
+from mlic.engine.checkpoint import load_model, read_metadata, resolve_checkpoint, write_json
 from mlic.engine.evaluate import predict_scores
 from mlic.engine.trainer import make_loader, resolve_device
 from mlic.errors import ConfigError
@@ -62,7 +61,7 @@ def tune_run_thresholds(run: str | Path, split: str = "train",
 def set_model_thresholds(run: str | Path, thresholds: list[float] | float) -> None:
     """Write thresholds into the best checkpoint's JSON (atomically)."""
     meta_path = resolve_checkpoint(run, "best")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_metadata(meta_path)  # the weights' own metadata, even after a torn save
     if isinstance(thresholds, list) and len(thresholds) != len(meta["label_names"]):
         raise ConfigError(f"{len(thresholds)} thresholds for {len(meta['label_names'])} labels")
     meta["thresholds"] = thresholds

@@ -11,6 +11,7 @@ from PIL import Image
 
 import mlic
 from mlic.cli import main
+from mlic.engine.run_dir import read_metrics
 from conftest import TINY_BACKBONE, make_colour_images, tiny_config, write_plain_csv
 
 FAST = ["--no-progress", "output_dir={out}", "name=err", "device=cpu", f"model.backbone={TINY_BACKBONE}",
@@ -63,9 +64,11 @@ def test_unreadable_image_found_while_training(tmp_path, images, capsys, workers
     folder, rows = images
     (folder / "img007.png").write_bytes(b"this is not a PNG file at all " * 20)
     train = write_plain_csv(tmp_path / "train.csv", rows, "images/")
-    # The default check (exists) passes; the decoder fails inside the DataLoader (in a worker
-    # process when workers=1, where torch wraps the error in a traceback text).
-    err = cli_error(capsys, train_args(tmp_path, f"data.train={train}", f"data.num_workers={workers}"),
+    # The `exists` check passes (the default, decode, would stop before training); the decoder
+    # fails inside the DataLoader (in a worker process when workers=1, where torch wraps the
+    # error in a traceback text).
+    err = cli_error(capsys, train_args(tmp_path, f"data.train={train}", f"data.num_workers={workers}",
+                                       "data.check_images=exists"),
                     folder / "img007.png", "not an image file PIL can read")
     assert "DataLoader worker" not in err and len(err.strip().splitlines()) == 1
     # Free the failed loader now (its worker takes up to 5 s to notice the shutdown), so the wait
@@ -138,7 +141,7 @@ def test_unknown_format_option_and_missing_annotations(tmp_path, capsys) -> None
     ("train.lr=-1", ["'train.lr' must be > 0", "-1"]),
     ("eval.threshold=2", ["'eval.threshold' must be in [0, 1]", "2"]),
     ("train.ema=1.5", ["'train.ema'", "[0, 1]"]),
-    ("data.check_images=always", ["'data.check_images' must be one of exists, decode, none"]),
+    ("data.check_images=always", ["'data.check_images' must be one of decode, exists, none"]),
     ("train=1", ["'train' is a section", "train.epochs"]),
     ("train.lr", ["not of the form key.sub=value"]),
 ])
@@ -178,8 +181,10 @@ def test_resume_errors(tmp_path, run, capsys) -> None:
     cli_error(capsys, ["train", "--resume", tmp_path], tmp_path, "not a run folder")
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    (copy / "checkpoints" / "last.json").unlink()
-    cli_error(capsys, ["train", "--resume", copy], copy, "last.json is missing")
+    (copy / "checkpoints" / "last.state.pt").unlink()  # killed before its first epoch was saved
+    assert main(["train", "--resume", str(copy), "--no-progress"]) == 0
+    assert "training starts from the beginning" in (copy / "train.log").read_text()
+    assert [r["epoch"] for r in read_metrics(copy)] == ["1"]
     # What the saved optimizer and schedule depend on cannot change (OneCycle would run past its
     # end with more epochs); harmless settings can.
     copy = tmp_path / "copy2"

@@ -105,12 +105,12 @@ def test_dotted_overrides_into_free_mappings() -> None:
     config = load_config(None, ["data.train=/data/train.csv", "data.train.root=/data/images",
                                 "data.val.format=coco", "data.val.path=/data/val.json",
                                 "data.test.options.deep=1", "loss.params.gamma_neg=4",
-                                "model.head_params={a: 1}", "train.lr=0.01", "name=x"])
+                                "model.head_params={num_heads: 4}", "train.lr=0.01", "name=x"])
     assert config["data"]["train"] == {"path": "/data/train.csv", "root": "/data/images"}
     assert config["data"]["val"] == {"format": "coco", "path": "/data/val.json"}
     assert config["data"]["test"] == {"options": {"deep": 1}}
     assert config["loss"]["params"] == {"gamma_neg": 4}
-    assert config["model"]["head_params"] == {"a": 1}
+    assert config["model"]["head_params"] == {"num_heads": 4}
     assert config["train"]["lr"] == 0.01 and config["name"] == "x"
     # Everything else keeps its default, and the defaults themselves are not changed.
     defaults = default_config()

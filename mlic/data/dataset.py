@@ -1,50 +1,56 @@
 """A torch Dataset over a LabelTable: decoded, transformed images and their {1, 0, -1} targets."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from mlic.data.images import load_rgb
 from mlic.data.table import LabelTable
+from mlic.data.validate import validate_images
 from mlic.errors import DataError
+
+MAX_REPLACEMENTS = 16  # this many unreadable images in a row: the data is gone, not one bad file
 
 
 class MultiLabelDataset(Dataset):
-    def __init__(self, table: LabelTable, transform: Callable):
+    """``on_bad="skip"``: an image that cannot be read (e.g. deleted after the up-front check) is
+    replaced by the next readable one of the split, so batches keep their size and the schedule its
+    length; each replacement is appended to ``failure_log`` (one line, safe from worker processes)."""
+
+    def __init__(self, table: LabelTable, transform: Callable, on_bad: str = "error",
+                 failure_log: Path | None = None):
         self.table = table
         self.transform = transform
         self.targets = torch.from_numpy(table.targets.astype("float32"))
+        self.on_bad, self.failure_log = on_bad, failure_log
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = load_rgb(self.table.image_path(index))
-        return self.transform(image), self.targets[index]
+        if self.on_bad != "skip":
+            return self.transform(load_rgb(self.table.image_path(index))), self.targets[index]
+        for attempt in range(MAX_REPLACEMENTS):
+            row = (index + attempt) % len(self.table)
+            try:
+                image = load_rgb(self.table.image_path(row))
+            except DataError as e:
+                self._record(e)
+                continue
+            return self.transform(image), self.targets[row]
+        raise DataError(f"{MAX_REPLACEMENTS} images in a row cannot be read, from "
+                        f"{self.table.image_path(index)} on: is the data still there?")
+
+    def _record(self, error: DataError) -> None:
+        if self.failure_log is not None:
+            # One short write in append mode: lines from several worker processes do not mix.
+            with open(self.failure_log, "a", encoding="utf-8") as f:
+                f.write(f"{self.table.source or 'table'}\t{error}\n")
 
 
 def check_images(table: LabelTable, how: str = "exists", progress: bool = True) -> None:
     """Find every image that cannot be used before any work starts, and list them all at once."""
-    if how == "none":
-        return
-    problems = []
-    items = range(len(table))
-    for i in tqdm(items, desc=f"checking images ({how})", disable=not progress or how == "exists",
-                  leave=False):
-        path = table.image_path(i)
-        if how == "exists":
-            if not path.is_file():
-                problems.append(f"  {path}: image file not found")
-        else:
-            try:
-                load_rgb(path)
-            except DataError as e:
-                problems.append(f"  {e}")
-    if problems:
-        shown = "\n".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{len(problems)} of {len(table)} images cannot be used "
-                        f"(annotations: {table.source or 'table'}):\n{shown}{more}")
+    validate_images(table, how, "error", progress)

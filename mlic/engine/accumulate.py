@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlic.engine.distributed import no_sync
 from mlic.engine.evaluate import autocast
 
 REDUCTIONS = ("mean", "sum")
@@ -81,14 +82,16 @@ def backward_in_chunks(model: nn.Module, loss_fn: nn.Module, images: torch.Tenso
     states = [None] * len(pieces) if label_states is None else \
         [s for _, s in split_batch(images, label_states, chunks)]
     total = None
-    for (x, t), state, weight in zip(pieces, states, weights):
-        with autocast(device, amp):
-            logits = model(x) if state is None else model(x, state)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()  # losses run in float32 (float64 stays float64)
-        loss = loss_fn(logits, t)
-        if not (isinstance(weight, float) and weight == 1.0):
-            loss = loss * (weight.to(loss.dtype) if torch.is_tensor(weight) else weight)
-        scaler.scale(loss).backward()
+    for i, ((x, t), state, weight) in enumerate(zip(pieces, states, weights)):
+        # Under DDP the gradient is all-reduced once, in the last chunk's backward.
+        with no_sync(model, skip=i < len(pieces) - 1):
+            with autocast(device, amp):
+                logits = model(x) if state is None else model(x, state)
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()  # losses run in float32 (float64 stays float64)
+            loss = loss_fn(logits, t)
+            if not (isinstance(weight, float) and weight == 1.0):
+                loss = loss * (weight.to(loss.dtype) if torch.is_tensor(weight) else weight)
+            scaler.scale(loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total

@@ -2,44 +2,41 @@
 
 ``checkpoints/<tag>.safetensors``  the model's tensors (never pickled)
 ``checkpoints/<tag>.json``         label names, thresholds, preprocessing, model config, epoch, metrics
-``checkpoints/last.state.pt``      what resuming needs beyond the weights (optimizer, scheduler,
-                                   EMA, scaler, RNG states, epoch): plain tensors and numbers, read
-                                   back with ``torch.load(weights_only=True)``
+``checkpoints/last.state.pt``      everything resuming needs, in one file (model weights,
+                                   optimizer, scheduler, EMA, scaler, RNG states, early stopping,
+                                   epoch/step): plain tensors and numbers, read back with
+                                   ``torch.load(weights_only=True)``, which refuses pickled objects
 
-Every file is written to a temporary name, flushed to disk and renamed, so a crash leaves either
-the old file or the new one, never half of one. The JSON is written last: a checkpoint is only
-complete when its JSON exists.
+Every file is written to a temporary name, flushed to disk and renamed (``mlic.atomic``), so a
+crash, even SIGKILL, leaves either the old file or the new one, never half of one. Resuming reads
+``last.state.pt`` alone, so it is always self-consistent. A ``.safetensors`` and its ``.json`` are
+two files written one after the other; the weights file also carries the metadata in its header,
+with a ``save_id`` the JSON repeats, so a pair torn by a crash between the two renames still loads
+with the metadata of its weights.
+SIGINT (Ctrl-C) during a save is held until the save is complete.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import tempfile
+import pickle
+import signal
+import threading
+import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from mlic.atomic import atomic_write
 from mlic.errors import WeightsError
 from mlic.models import MultiLabelClassifier, model_from_config
 
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(temp_path)``, fsync it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+STATE_FILE = "last.state.pt"
+EMBEDDED = "mlic_metadata"  # the JSON's content, also in the .safetensors header
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -58,11 +55,16 @@ def model_metadata(model: MultiLabelClassifier, label_names: list[str],
 
 def save_model(directory: Path, tag: str, state_dict: dict[str, torch.Tensor],
                metadata: dict[str, Any]) -> Path:
+    """``<tag>.safetensors`` (with the metadata embedded in its header) then ``<tag>.json``."""
     directory = Path(directory)
     # safetensors refuses shared or non-contiguous storage: give it plain copies.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    atomic_write(directory / f"{tag}.safetensors", lambda temp: save_file(tensors, temp))
-    write_json(directory / f"{tag}.json", metadata)
+    metadata = {**metadata, "save_id": uuid.uuid4().hex}
+    header = {"save_id": metadata["save_id"], EMBEDDED: json.dumps(metadata)}
+    with deferred_interrupt():
+        atomic_write(directory / f"{tag}.safetensors",
+                     lambda temp: save_file(tensors, temp, metadata=header))
+        write_json(directory / f"{tag}.json", metadata)
     return directory / f"{tag}.json"
 
 
@@ -82,37 +84,92 @@ def resolve_checkpoint(path: str | Path, tag: str = "best") -> Path:
                        f"{', '.join(str(c) for c in candidates) or 'a .json beside a .safetensors'})")
 
 
-def load_model(path: str | Path, tag: str = "best") -> tuple[MultiLabelClassifier, dict[str, Any]]:
-    """Rebuild a saved model from its JSON and load its weights; returns (model, metadata)."""
-    meta_path = resolve_checkpoint(path, tag)
+def read_metadata(meta_path: Path) -> dict[str, Any]:
+    """The metadata of the weights beside ``meta_path``: the JSON (which ``mlic tune-thresholds``
+    may have edited since), unless a crash between the two renames of a save left a JSON from
+    another save than the weights: then the copy embedded in the weights file."""
+    meta_path = Path(meta_path)
+    weights = meta_path.with_suffix(".safetensors")
+    try:
+        with safe_open(str(weights), "pt", device="cpu") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # a truncated or foreign file
+        raise WeightsError(f"{weights}: unreadable weights ({e})") from None
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise TypeError(f"a JSON {type(meta).__name__}, not an object")
+        if header.get("save_id") and meta.get("save_id") != header["save_id"] and EMBEDDED in header:
+            meta = json.loads(header[EMBEDDED])
+    except (ValueError, TypeError) as e:
+        raise WeightsError(f"{meta_path}: not a valid mlic checkpoint description ({e!r})") from None
+    return meta
+
+
+def load_model(path: str | Path, tag: str = "best") -> tuple[MultiLabelClassifier, dict[str, Any]]:
+    """Rebuild a saved model from its metadata and load its weights; returns (model, metadata)."""
+    meta_path = resolve_checkpoint(path, tag)
+    meta = read_metadata(meta_path)
+    try:
         model = model_from_config(meta["model"], meta["preprocessing"])
     except (ValueError, KeyError, TypeError) as e:
         raise WeightsError(f"{meta_path}: not a valid mlic checkpoint description ({e!r})") from None
+    weights = meta_path.with_suffix(".safetensors")
     try:
-        state = load_file(str(meta_path.with_suffix(".safetensors")), device="cpu")
+        with safe_open(str(weights), "pt", device="cpu") as f:
+            state = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as e:  # a truncated or foreign file
-        raise WeightsError(f"{meta_path.with_suffix('.safetensors')}: unreadable weights ({e})") from None
+        raise WeightsError(f"{weights}: unreadable weights ({e})") from None
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(f"{meta_path.with_suffix('.safetensors')}: weights do not fit the model "
-                           f"described in {meta_path.name}: missing {result.missing_keys[:3]}, "
+        raise WeightsError(f"{weights}: weights do not fit the model described in "
+                           f"{meta_path.name}: missing {result.missing_keys[:3]}, "
                            f"unexpected {result.unexpected_keys[:3]}")
     model.eval()
     return model, meta
 
 
 def save_training_state(directory: Path, state: dict[str, Any]) -> None:
-    atomic_write(Path(directory) / "last.state.pt", lambda temp: torch.save(state, temp))
+    with deferred_interrupt():
+        atomic_write(Path(directory) / STATE_FILE, lambda temp: torch.save(state, temp))
 
 
 def load_training_state(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / "last.state.pt"
+    path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise WeightsError(f"{path}: no training state to resume from")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(f"{path}: refused: it holds pickled Python objects, not only tensors and "
+                           f"numbers, and loading it could run code; mlic never writes such files "
+                           f"(detail: {str(e).splitlines()[0]})") from None
+    except Exception as e:  # truncated, or not a torch file
         raise WeightsError(f"{path}: cannot read the training state ({e})") from None
+    if not isinstance(state, dict) or "epoch" not in state or "optimizer" not in state:
+        raise WeightsError(f"{path}: not an mlic training state (no epoch / optimizer in it)")
+    return state
+
+
+_deferring = False
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block, and raise it once the block is done,
+    so that an interrupted save still completes. Main thread only (where signals are delivered)."""
+    global _deferring
+    if _deferring or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if received:
+        raise KeyboardInterrupt

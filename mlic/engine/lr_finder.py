@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from mlic.data.transforms import batch_to_device
+from mlic.engine.distributed import seed_epoch
 from mlic.engine.step import OptimizerStep
 from mlic.errors import ConfigError, MlicError
 
@@ -300,9 +301,7 @@ def lr_short_trials(trainer: Any, n_trials: int = 15, epochs_per_trial: int = 1,
 
 def _train_epoch(trainer: Any, step: OptimizerStep, epoch: int) -> float:
     """One epoch of plain steps, data ordered as the trainer's epoch ``epoch``; the mean loss."""
-    seed = int(trainer.config["seed"]) * 100_003 + epoch  # as Trainer.train_one_epoch
-    trainer.train_loader.generator.manual_seed(seed)
-    random.seed(seed)
+    seed_epoch(trainer.train_loader, int(trainer.config["seed"]), epoch)  # as Trainer.train_one_epoch
     trainer.model.train()
     total, count = 0.0, 0
     for images, targets in trainer.train_loader:

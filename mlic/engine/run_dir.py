@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from mlic.atomic import atomic_write
+
 METRICS_COLUMNS = ["epoch", "steps", "lr", "train_loss", "skipped_steps", "val_mAP", "val_mAP_ema",
-                   "selected", "best_mAP", "es_smooth", "es_wait", "seconds"]
+                   "selected", "best_mAP", "es_smooth", "es_wait", "skipped_images", "seconds"]
 
 
 def new_run_dir(output_dir: str | Path, name: str | None) -> Path:
@@ -63,16 +65,23 @@ def append_metrics(run_dir: Path, row: Mapping[str, Any]) -> None:
 
 
 def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """On resume, drop rows of epochs after the checkpoint (written before a crash)."""
+    """On resume, drop rows of epochs after the checkpoint (written before a crash), and a last row
+    cut short by a kill. Rewritten atomically: a second crash here loses nothing."""
     path = run_dir / "metrics.csv"
     if not path.exists():
         return
     with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["epoch"] and int(r["epoch"]) <= last_epoch]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+        reader = csv.DictReader(f)
+        width = len(reader.fieldnames or [])
+        rows = [r for r in reader if None not in r.values() and len(r) == width
+                and r["epoch"].isdigit() and int(r["epoch"]) <= last_epoch]
+
+    def write(temp: str) -> None:
+        with open(temp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write(path, write)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

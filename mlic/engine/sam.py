@@ -41,6 +41,20 @@ so that the accumulated gradient (and the returned loss) equal the whole-batch o
 A loss without a ``reduction`` attribute is taken to be a mean (torch's default); pass
 ``loss_reduction`` to say otherwise. The equality is exact for models whose output for an image does
 not depend on the other images of the batch (no BatchNorm in train mode).
+
+Under DDP (``model`` wrapped in DistributedDataParallel, docs/distributed.md), ``perturbation`` says
+which gradient e comes from:
+
+* ``"global"`` (default): the first pass's gradient is all-reduced like any other, so e is the one a
+  single process would compute from the whole (global) batch: the run is the single-process run,
+  whatever the number of processes, at the price of a second all-reduce per step;
+* ``"local"``: the first pass runs under ``no_sync``: each process perturbs its copy of w along its
+  own share's gradient (Foret et al.'s m-sharpness with m = the per-process batch, which they found
+  to generalise at least as well, and one all-reduce per step instead of two). The skip decision
+  and an fp16 scaler's inf check are made common to all ranks, so the ranks never diverge.
+
+Either way the second pass's gradient is all-reduced, and every rank restores the same w and takes
+the same optimizer step with it, so weights (and an EMA of them) stay identical on every rank.
 """
 from __future__ import annotations
 
@@ -50,7 +64,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlic.engine import distributed
 from mlic.engine.accumulate import backward_in_chunks
+
+PERTURBATIONS = ("global", "local")
 
 
 # ------------------------------------------------------------------------------------- groups
@@ -101,17 +118,22 @@ class SAMStep:
         accumulate: number of chunks each batch is split into (gradient accumulation).
         loss_reduction: "mean" | "sum" | None (read ``loss_fn.reduction``); see the module doc.
         scaler: a GradScaler to use instead of the default (enabled only for fp16 autocast).
+        perturbation: "global" | "local": under DDP, whether the first pass's gradient is
+            all-reduced (see the module doc); no effect in a single process.
     """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device, amp: bool = False, grad_clip: float = 0.0,
                  rho: float = 0.05, adaptive: bool = False, accumulate: int = 1,
                  loss_reduction: str | None = None,
-                 scaler: torch.amp.GradScaler | None = None):
+                 scaler: torch.amp.GradScaler | None = None, perturbation: str = "global"):
         if rho < 0:
             raise ValueError(f"SAM: rho must be >= 0, got {rho}")
         if int(accumulate) < 1:
             raise ValueError(f"SAM: accumulate must be >= 1, got {accumulate}")
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(f"SAM: perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
+        self.local = perturbation == "local"
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.device, self.grad_clip = torch.device(device), float(grad_clip)
         self.rho, self.adaptive, self.accumulate = float(rho), bool(adaptive), int(accumulate)
@@ -162,7 +184,10 @@ class SAMStep:
         either pass made the step be skipped (the weights are then unchanged). ``label_states``:
         labels revealed to the model (label-mask training), the same in both passes."""
         self.optimizer.zero_grad(set_to_none=True)
-        first_loss = self._pass(images, targets, label_states)
+        with distributed.no_sync(self.model, self.local):
+            first_loss = self._pass(images, targets, label_states)
+        if self.local:
+            distributed.sync_found_inf(self.scaler, self.optimizer)
 
         params = self._params_with_grads()
         grads = [p.grad for p in params]
@@ -173,7 +198,9 @@ class SAMStep:
                 del weighted
             else:
                 norm = self._global_norm(grads)
-            if not math.isfinite(norm):
+            # A local gradient may be non-finite on one rank only: all ranks skip, or none.
+            if distributed.any_rank(not math.isfinite(norm)) if self.local \
+                    else not math.isfinite(norm):
                 return self._skip(first_loss)
             self.scaler.update()
             backup = [p.detach().clone() for p in params]

@@ -20,20 +20,24 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mlic.config import load_config, save_config
-from mlic.data.dataset import MultiLabelDataset, check_images
+from mlic.atomic import remove_stale_temps
+from mlic.data.dataset import MultiLabelDataset
+from mlic.data.validate import validate_images
 from mlic.data.formats import load_table
 from mlic.data.table import LabelTable
 from mlic.data.transforms import batch_to_device, eval_transform, train_transform
 from mlic.engine import checkpoint as ckpt
+from mlic.engine import distributed
 from mlic.engine.evaluate import format_report, metrics_report, predict_scores
 from mlic.engine.optim import build_optimizer, build_scheduler
 from mlic.engine.run_dir import (append_metrics, close_logger, new_run_dir, run_logger,
                                  truncate_metrics)
 from mlic.engine.label_mask import reveal, sample_revealed
 from mlic.engine.early_stopping import EarlyStopping, onecycle_warmup_finished
+from mlic.engine.nonfinite import NonFiniteGuard
 from mlic.engine.sam import SAMStep
 from mlic.engine.step import OptimizerStep
-from mlic.errors import ConfigError, MlicError
+from mlic.errors import ConfigError
 from mlic.losses import build_loss
 from mlic.models import MultiLabelClassifier, create_model
 from mlic.models.heads import HEADS, head_uses_label_context
@@ -89,6 +93,10 @@ def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
     if data.get("hide_fraction"):
         splits.train, hidden = splits.train.hide(float(data["hide_fraction"]), seed)
         splits.notes.append(f"data.hide_fraction: {hidden} training labels hidden (set to unknown)")
+    unlabelled = int((~(splits.train.targets == 1).any(axis=1)).sum())
+    if unlabelled:
+        splits.notes.append(f"{unlabelled} of {len(train)} training images have no positive label "
+                            f"(kept: they are negatives for every label they do not mark unknown)")
     missing = sorted(set(names) - set(train.label_names))
     if missing:
         splits.notes.append(f"{len(missing)} labels of data.classes never occur in the training split")
@@ -105,9 +113,12 @@ def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
 
 
 def make_loader(table: LabelTable, transform, batch_size: int, workers: int, shuffle: bool,
-                drop_last: bool = False, seed: int = 0) -> DataLoader:
+                drop_last: bool = False, seed: int = 0, sampler=None, on_bad: str = "error",
+                failure_log: Path | None = None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(MultiLabelDataset(table, transform), batch_size=batch_size, shuffle=shuffle,
+    dataset = MultiLabelDataset(table, transform, on_bad, failure_log)
+    return DataLoader(dataset, batch_size=batch_size,
+                      shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, drop_last=drop_last, generator=generator,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 
@@ -139,21 +150,21 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], run_dir: Path, resume: bool = False,
                  progress: bool = True, quiet: bool = False):
+        distributed.require_group()
+        progress = progress and distributed.is_main()  # rank 0 alone logs and writes (DDP)
         self.config, self.run_dir, self.progress = config, run_dir, progress
-        self.log = run_logger(run_dir, quiet)
+        self.log = run_logger(run_dir, quiet) if distributed.is_main() else distributed.silent_logger()
         data, train_cfg = config["data"], config["train"]
         seed_everything(int(config["seed"]))
-        self.device = resolve_device(config["device"])
+        self.device = distributed.process_device(resolve_device(config["device"]))
 
         self.splits = load_splits(data, int(config["seed"]))
         self.label_names = self.splits.label_names
         for note in self.splits.notes:
             self.log.info(f"note: {note}")
-        for key in ("train", "val", "test"):
-            table = getattr(self.splits, key)
-            if table is not None:
-                self.log.info(f"{key}: {table.summary()}  [{table.source}]")
-                check_images(table, data["check_images"], progress)
+        # Images that fail to load mid-run (under on_bad_image=skip) are listed here, one a line.
+        self.failure_log = run_dir / "unreadable_images.txt"
+        self.skipped_up_front = self._validate_images(data, progress)
 
         m = config["model"]
         loss_params = dict(config["loss"]["params"] or {})
@@ -174,32 +185,42 @@ class Trainer:
         self.channels_last = bool(train_cfg["channels_last"])
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # What the steps call: DDP around self.model in a distributed run, compiled if asked.
+        self.train_model = distributed.prepare_model(self.model, self.device, train_cfg["sync_bn"],
+                                                     train_cfg["compile"], self.log)
         pre = self.model.preprocessing
-        self.train_loader = make_loader(self.splits.train, train_transform(pre, data["augment"]),
-                                        train_cfg["batch_size"], data["num_workers"], shuffle=True,
-                                        drop_last=len(self.splits.train) > train_cfg["batch_size"],
-                                        seed=config["seed"])
+        self.train_loader = make_loader(
+            self.splits.train, train_transform(pre, data["augment"]),
+            distributed.per_process_batch(train_cfg["batch_size"]), data["num_workers"], shuffle=True,
+            drop_last=len(self.splits.train) > train_cfg["batch_size"], seed=config["seed"],
+            sampler=distributed.train_sampler(len(self.splits.train), int(config["seed"]) * 100_003),
+            on_bad=data["on_bad_image"], failure_log=self.failure_log)
         self.val_loader = None
         if self.splits.val is not None:
-            self.val_loader = make_loader(self.splits.val, eval_transform(pre),
-                                          config["eval"]["batch_size"], data["num_workers"], False)
+            self.val_loader = self._eval_loader(self.splits.val, pre)
 
         self.loss_fn = build_loss(config["loss"]["name"], **loss_params)
         self._sync_loss_scale(loss_params)
         # train.lr "auto": a placeholder until estimate_lr() (run by fit()) finds the lr.
         self.lr_auto = train_cfg["lr"] == "auto"
+        if self.lr_auto and distributed.is_distributed():
+            raise ConfigError("train.lr=auto is not supported in a distributed run: find the lr with "
+                              "`mlic lr-find` (one process), then set train.lr")
         optim_cfg = {**train_cfg, "lr": 1e-3} if self.lr_auto else train_cfg
         self.optimizer = build_optimizer(self.model, optim_cfg)
         self.scheduler = build_scheduler(self.optimizer, optim_cfg, len(self.train_loader))
         if train_cfg["sam"]:
-            self.step = SAMStep(self.model, self.loss_fn, self.optimizer, self.device,
+            self.step = SAMStep(self.train_model, self.loss_fn, self.optimizer, self.device,
                                 amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"],
                                 rho=train_cfg["sam_rho"], adaptive=train_cfg["sam_adaptive"],
-                                accumulate=train_cfg["accumulate"])
+                                accumulate=train_cfg["accumulate"],
+                                perturbation=train_cfg["sam_perturbation"])
         else:
-            self.step = OptimizerStep(self.model, self.loss_fn, self.optimizer, self.device,
+            self.step = OptimizerStep(self.train_model, self.loss_fn, self.optimizer, self.device,
                                       amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"],
                                       accumulate=train_cfg["accumulate"])
+        self.guard = NonFiniteGuard(train_cfg["max_skipped_steps"], self.step.scaler.is_enabled(),
+                                    run_dir / "checkpoints")
         self.label_mask = float(train_cfg["label_mask"]) if self.model.takes_label_states else 0.0
         self.stopper = None
         if train_cfg["early_stopping"]:
@@ -214,6 +235,13 @@ class Trainer:
         self.epoch, self.global_step, self.best = 0, 0, -math.inf
         if resume:
             self._restore()
+
+    def _eval_loader(self, table: LabelTable, pre) -> DataLoader:
+        """This rank's share of a split (every image once over all ranks; ``evaluate`` gathers)."""
+        batch = distributed.per_process_batch(self.config["eval"]["batch_size"], "eval.batch_size")
+        return make_loader(table, eval_transform(pre), batch, self.config["data"]["num_workers"],
+                           False, sampler=distributed.eval_sampler(len(table)),
+                           on_bad=self.config["data"]["on_bad_image"], failure_log=self.failure_log)
 
     def _sync_loss_scale(self, loss_params: Mapping[str, Any]) -> None:
         """AM/AAM apply their margin in cosine units, so they must know the head's scale s."""
@@ -243,12 +271,58 @@ class Trainer:
                       f"{len(self.splits.train)} training images, embeddings: {context.embedding_source}")
         return head_params, context
 
+    # ------------------------------------------------------------------------------ bad images
+    def _validate_images(self, data: Mapping[str, Any], progress: bool) -> int:
+        """Check every split's images (data.check_images); under data.on_bad_image=skip, drop the
+        bad ones from the splits. Returns the number of training images left out."""
+        report = self.run_dir / "bad_images.txt"
+        if distributed.is_main():  # the list of this start's check (a resume checks again)
+            report.unlink(missing_ok=True)
+        hint = "; fix or remove them, or set data.on_bad_image=skip to train on the rest"
+        left_out = 0
+        for key in ("train", "val", "test"):
+            table = getattr(self.splits, key)
+            if table is None:
+                continue
+            self.log.info(f"{key}: {table.summary()}  [{table.source}]")
+            usable, problems = validate_images(
+                table, data["check_images"], data["on_bad_image"], progress,
+                report if distributed.is_main() else None, hint)
+            if problems:
+                self.log.info(f"{key}: skipped {len(problems)} of {len(table)} images that cannot "
+                              f"be used (data.on_bad_image=skip; listed in {report}), e.g. "
+                              f"{problems[0]}")
+                setattr(self.splits, key, usable)
+                left_out += len(problems) if key == "train" else 0
+        return left_out
+
+    def _count_failures(self) -> int:
+        """Images that failed to load mid-run so far (lines of the failure log)."""
+        if not self.failure_log.is_file():
+            return 0
+        with open(self.failure_log, encoding="utf-8") as f:
+            return sum(1 for _ in f)
+
+    def _report_skipped(self, failures_before: int) -> int:
+        """Training images not trained on this epoch: left out up front + failed since then."""
+        failed = self._count_failures() - failures_before
+        if failed:
+            self.log.info(f"epoch {self.epoch}: {failed} images could not be read and were replaced "
+                          f"by the next readable ones (listed in {self.failure_log})")
+        return self.skipped_up_front + failed
+
     # ----------------------------------------------------------------------------------- state
     def _restore(self) -> None:
         folder = self.run_dir / "checkpoints"
-        model, meta = ckpt.load_model(folder, tag="last")
-        self.model.load_state_dict(model.state_dict())
-        state = ckpt.load_training_state(folder)
+        state = ckpt.load_training_state(folder)  # self-contained: weights included
+        weights = state.get("model")
+        if weights is None:  # a state saved before the weights were put in it
+            weights = ckpt.load_model(folder, tag="last")[0].state_dict()
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ckpt.WeightsError(f"{folder / ckpt.STATE_FILE}: its weights do not fit the model "
+                                    f"of {self.run_dir / 'config.yaml'} ({str(e)[:300]})") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step.load_state_dict(state["step"])
@@ -259,8 +333,9 @@ class Trainer:
             self.stopper.load_state_dict(state["early_stopping"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best = float(state["best"])
-        truncate_metrics(self.run_dir, self.epoch)
-        self.log.info(f"resumed from {folder / 'last.json'}: epoch {self.epoch} done, "
+        if distributed.is_main():
+            truncate_metrics(self.run_dir, self.epoch)
+        self.log.info(f"resumed from {folder / ckpt.STATE_FILE}: epoch {self.epoch} done, "
                       f"step {self.global_step}, best mAP {self.best:.4f}")
 
     def _save_last(self, metrics: dict[str, Any]) -> None:
@@ -269,8 +344,9 @@ class Trainer:
                  "step": self.step.state_dict(), "rng": rng_state(), "epoch": self.epoch,
                  "global_step": self.global_step, "best": self.best,
                  "ema": self.ema.module.state_dict() if self.ema is not None else None,
-                 "early_stopping": self.stopper.state_dict() if self.stopper is not None else None}
-        # Weights and state first, the JSON last: a checkpoint is complete when its JSON exists.
+                 "early_stopping": self.stopper.state_dict() if self.stopper is not None else None,
+                 "model": self.model.state_dict()}
+        # The state (all a resume reads, in one atomic file) first; then the weights to use.
         ckpt.save_training_state(folder, state)
         ckpt.save_model(folder, "last", self.model.state_dict(),
                         self.metadata(epoch=self.epoch, metrics=metrics))
@@ -283,9 +359,7 @@ class Trainer:
     def train_one_epoch(self) -> tuple[float, int]:
         self.model.train()
         # Seeding per epoch makes the order and augmentation of epoch e the same after a resume.
-        seed = int(self.config["seed"]) * 100_003 + self.epoch
-        self.train_loader.generator.manual_seed(seed)
-        random.seed(seed)
+        distributed.seed_epoch(self.train_loader, int(self.config["seed"]), self.epoch)
         total, count, skipped = 0.0, 0, 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.config['train']['epochs']}",
                    disable=not self.progress, leave=False, mininterval=1.0)
@@ -296,25 +370,29 @@ class Trainer:
             if self.label_mask > 0:  # C-Tran: some labels are told, the loss is on the others
                 label_states, targets = reveal(targets, sample_revealed(targets, self.label_mask))
             loss, stepped = self.step(images, targets, label_states)
-            if not math.isfinite(loss):
-                raise MlicError(f"the loss became {loss} at epoch {self.epoch + 1}, step "
-                                f"{self.global_step + 1}; the last good checkpoint is kept in "
-                                f"{self.run_dir / 'checkpoints'}. Lower train.lr or check the data.")
+            self.guard(loss, stepped, self.epoch + 1, self.global_step + 1)  # NaN/inf: stop
             skipped += not stepped
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model, step=self.global_step)
             self.global_step += 1
-            total, count = total + loss, count + 1
+            if math.isfinite(loss):  # a skipped fp16 step's inf is not part of the epoch's loss
+                total, count = total + loss, count + 1
             if count % self.config["train"]["log_every"] == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}")
-        return total / max(count, 1), skipped
+        return distributed.mean_over_ranks(total / max(count, 1)), skipped
 
     def evaluate(self, model: MultiLabelClassifier, loader, desc: str) -> dict[str, Any]:
         scores, targets = predict_scores(model, loader, self.device, self.config["train"]["amp"],
                                          self.channels_last, desc, self.progress)
-        return metrics_report(scores, targets, self.label_names, self.config["eval"]["threshold"],
-                              self.config["eval"]["empty_classes"])
+        # Under DDP each rank scored its share: the metrics are computed once, over the whole split.
+        scores, targets = distributed.gather_rows(scores), distributed.gather_rows(targets)
+        report = None
+        if distributed.is_main():
+            report = metrics_report(scores, targets, self.label_names,
+                                    self.config["eval"]["threshold"],
+                                    self.config["eval"]["empty_classes"])
+        return distributed.broadcast_object(report)
 
     def estimate_lr(self) -> float:
         """Find the lr (``mlic.engine.lr_finder``; the lr_finder section says how), set it on every
@@ -350,16 +428,18 @@ class Trainer:
                       f"{epochs} epochs, device {self.device}; run folder {self.run_dir}")
         try:
             while self.epoch < epochs and not (self.stopper is not None and self.stopper.stopped):
-                start = time.time()
+                start, failures = time.time(), self._count_failures()
                 loss, skipped = self.train_one_epoch()
                 self.epoch += 1
                 row = {"epoch": self.epoch, "steps": self.global_step, "train_loss": loss,
                        "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": skipped}
                 self._select(row)
+                row["skipped_images"] = self._report_skipped(failures)
                 row["seconds"] = round(time.time() - start, 1)
-                append_metrics(self.run_dir, row)
-                self._save_last({k: row[k] for k in ("train_loss", "val_mAP", "val_mAP_ema")
-                                 if row.get(k) is not None})
+                if distributed.is_main():
+                    append_metrics(self.run_dir, row)
+                    self._save_last({k: row[k] for k in ("train_loss", "val_mAP", "val_mAP_ema")
+                                     if row.get(k) is not None})
                 val = "" if row.get("val_mAP") is None else f"  val mAP {100 * row['val_mAP']:.2f}" + (
                     f" (EMA {100 * row['val_mAP_ema']:.2f})" if row.get("val_mAP_ema") is not None else "")
                 self.log.info(f"epoch {self.epoch}/{epochs}  loss {loss:.4f}{val}  {row['seconds']:.0f}s")
@@ -387,11 +467,14 @@ class Trainer:
         candidates = {"model": self.model}
         if self.ema is not None:
             candidates["ema"] = self.ema.module
+        for module in candidates.values():  # DDP: BatchNorm statistics as rank 0 has them
+            distributed.broadcast_buffers(module)
         if self.val_loader is None:
             chosen = "ema" if self.ema is not None else "model"
             row["selected"] = chosen
-            ckpt.save_model(folder, "best", candidates[chosen].state_dict(),
-                            self.metadata(epoch=self.epoch, selected=chosen))
+            if distributed.is_main():
+                ckpt.save_model(folder, "best", candidates[chosen].state_dict(),
+                                self.metadata(epoch=self.epoch, selected=chosen))
             return
         scores = {name: self.evaluate(m, self.val_loader, f"val {name}")["mAP"]
                   for name, m in candidates.items()}
@@ -404,12 +487,15 @@ class Trainer:
         if value >= self.best or (self.stopper is not None and self.stopper.perfect):
             self.best = value
             row["selected"] = chosen
-            ckpt.save_model(folder, "best", candidates[chosen].state_dict(),
-                            self.metadata(epoch=self.epoch, selected=chosen, val_mAP=scores[chosen]))
+            if distributed.is_main():
+                ckpt.save_model(folder, "best", candidates[chosen].state_dict(),
+                                self.metadata(epoch=self.epoch, selected=chosen,
+                                              val_mAP=scores[chosen]))
         row["best_mAP"] = self.best
 
     def finish(self) -> None:
         """Evaluate the selected weights on the validation and test splits and write the reports."""
+        distributed.barrier()  # rank 0 has written best.*
         model, _ = ckpt.load_model(self.run_dir / "checkpoints", tag="best")
         model.to(self.device)
         pre = model.preprocessing
@@ -417,10 +503,9 @@ class Trainer:
             table = getattr(self.splits, key)
             if table is None:
                 continue
-            loader = make_loader(table, eval_transform(pre), self.config["eval"]["batch_size"],
-                                 self.config["data"]["num_workers"], False)
-            report = self.evaluate(model, loader, f"{key} (best)")
-            ckpt.write_json(self.run_dir / f"eval_{key}.json", report)
+            report = self.evaluate(model, self._eval_loader(table, pre), f"{key} (best)")
+            if distributed.is_main():
+                ckpt.write_json(self.run_dir / f"eval_{key}.json", report)
             self.log.info(f"{key} split, selected weights:\n{format_report(report)}")
         self.log.info(f"done: {self.run_dir}")
         close_logger(self.log)
@@ -433,32 +518,53 @@ def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Itera
 
     ``resume``: a run folder whose ``checkpoints/last.*`` training continues from, with its config.
     ``on_epoch_end``: see ``Trainer.fit``.
+    Under torchrun (WORLD_SIZE > 1) this is one process of a DDP run (docs/distributed.md).
     """
+    restart = False
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml", overrides)
         _check_resume_overrides(load_config(run_dir / "config.yaml"), cfg)
-        if not (run_dir / "checkpoints" / "last.json").is_file():
-            raise MlicError(f"{run_dir}: no complete checkpoint to resume from yet "
-                            f"(checkpoints/last.json is missing); start the run again")
-        return Trainer(cfg, run_dir, resume=True, progress=progress, quiet=quiet).fit(on_epoch_end)
-    if isinstance(config, Mapping):
+        # Killed before its first epoch was saved: the run starts again, in the same folder.
+        restart = not (run_dir / "checkpoints" / ckpt.STATE_FILE).is_file()
+        if distributed.is_main():
+            remove_stale_temps(run_dir / "checkpoints")  # temporary files of killed writes
+            if restart:
+                truncate_metrics(run_dir, 0)
+    elif isinstance(config, Mapping):
         cfg = load_config(None, overrides, base=_with_defaults(config))
     else:
         cfg = load_config(config, overrides)
+    started = distributed.init_from_env(cfg["device"])
+    try:
+        if resume is None:
+            run_dir = distributed.shared_folder(lambda: _new_run(cfg))
+        trainer = Trainer(cfg, run_dir, resume=resume is not None and not restart,
+                          progress=progress, quiet=quiet)
+        if resume is not None and restart:
+            trainer.log.info(f"{run_dir}: no epoch was saved before the run stopped "
+                             f"(no checkpoints/{ckpt.STATE_FILE}): training starts from the beginning")
+        return trainer.fit(on_epoch_end)
+    finally:
+        if started:
+            distributed.teardown()
+
+
+def _new_run(cfg: Mapping[str, Any]) -> Path:
     run_dir = new_run_dir(cfg["output_dir"], cfg.get("name"))
     save_config(cfg, run_dir / "config.yaml")
-    return Trainer(cfg, run_dir, progress=progress, quiet=quiet).fit(on_epoch_end)
+    return run_dir
 
 
 # What the saved optimizer, schedule and weights were built for: a resume cannot change these
 # (e.g. more epochs would step OneCycle past its end; another optimizer cannot take the state).
 RESUME_FIXED = ("model", "data.classes", "data.image_size", "train.epochs", "train.batch_size",
                 "train.optimizer", "train.no_bias_decay", "train.double_bias_lr", "train.scheduler",
-                "train.pct_start",
-                "train.div_factor", "train.final_div_factor")
+                "train.pct_start", "train.div_factor", "train.final_div_factor",
+                # Stored in the optimizer's and scheduler's state: a new value would be ignored.
+                "train.lr", "train.weight_decay", "train.momentum")
 
 
 def _check_resume_overrides(saved: Mapping[str, Any], new: Mapping[str, Any]) -> None:
