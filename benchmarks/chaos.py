@@ -89,8 +89,9 @@ def mlic_command(*args: str) -> list[str]:
 
 
 def find_run(output: Path) -> Path | None:
-    runs = sorted(p for p in output.glob("chaos-*") if p.is_dir()) if output.is_dir() else []
-    return runs[0] if runs else None
+    # A folder without config.yaml is a start killed before it wrote one: started again.
+    runs = sorted(p for p in output.glob("chaos-*") if (p / "config.yaml").is_file())
+    return runs[-1] if runs else None
 
 
 def temp_files(run: Path | None) -> list[Path]:
@@ -216,12 +217,11 @@ def main() -> None:
         # reference. A run that completes before enough kills landed is followed by another.
         output = work / f"chaos{len(rounds) + 1}"
         (work / "chaos.yaml").write_text(yaml.safe_dump(config(work, output.name, args.epochs)))
-        first = True
         while True:
             run = find_run(output)
-            command = mlic_command("--config", str(work / "chaos.yaml")) if first else \
+            # Killed before its run folder existed (startup): the user starts it again.
+            command = mlic_command("--config", str(work / "chaos.yaml")) if run is None else \
                 mlic_command("--resume", str(run))
-            first = False
             epoch_before = saved_epoch(run)
             process = subprocess.Popen(command, env=environment(), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, text=True)

@@ -80,20 +80,27 @@ def main() -> None:
     parser.add_argument("--hide", nargs="+", type=float, default=[0.0, 0.5])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ctran.md"))
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new table instead of adding to the rows already in the .json")
     args = parser.parse_args()
     build_emoji_benchmark(Path(args.data))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = []
+    saved = out.with_suffix(".json")
+    # Rows take 5-30 CPU minutes each: keep the ones already measured and add to them.
+    results = [] if args.fresh or not saved.exists() else json.loads(saved.read_text(encoding="utf-8"))
     for hide in args.hide:
         for name in args.rows:
+            results = [r for r in results if (r["row"], r["hide"]) != (name, hide)]
             results.append(run_row(name, hide, args))
+            hides = sorted({r["hide"] for r in results})
             sections = [f"## {round(100 * h)}% of the training labels hidden\n\n{table(results, h)}"
-                        for h in args.hide if any(r["hide"] == h for r in results)]
+                        for h in hides]
             out.write_text(
                 f"# C-Tran and partly known labels on the emoji benchmark\n\n"
-                f"Command: `python benchmarks/ctran.py --epochs {args.epochs} --rows "
-                f"{' '.join(args.rows)} --hide {' '.join(map(str, args.hide))}`; recipe "
+                f"Command: `python benchmarks/ctran.py --epochs {args.epochs} --rows ROW.. --hide "
+                f"FRACTION..` (rows added run by run; each row's run folder is in its last "
+                f"column); recipe "
                 f"`mlic/configs/demo_emoji.yaml` (held-out drawing style, 159 labels), seed "
                 f"{args.seed}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
                 f"{platform.machine()}, machine shared with other jobs (minutes are contended). "
