@@ -137,6 +137,9 @@ def test_every_bad_image_is_listed_with_its_reason(tmp_path, bad_folder) -> None
     assert len(problems) == 7 and usable.paths == [f"images/good{i}.jpg" for i in range(6)]
     # exists only finds the missing file and the folder.
     assert len(validate_images(table, "exists", "skip", progress=False)[1]) == 2
+    # An empty split has nothing wrong with it.
+    empty = table.subset([])
+    assert validate_images(empty, "decode", "error", progress=False) == (empty, [])
 
 
 def test_skip_trains_on_the_rest_and_survives_an_image_going_bad(colour_dataset, tmp_path) -> None:

@@ -70,7 +70,7 @@ def validate_images(table: LabelTable, how: str = "decode", on_bad: str = "error
             f.writelines(f"{table.source or 'table'}\t{p}\n" for p in problems)
     if not problems or on_bad == "skip":
         bad_rows = {i for i, _ in bad}
-        if len(bad_rows) == len(table):
+        if bad_rows and len(bad_rows) == len(table):
             raise DataError(f"none of the {len(table)} images can be used, e.g. {problems[0]}",
                             table.source or None)
         usable = table if not bad_rows else \
