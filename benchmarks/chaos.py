@@ -264,7 +264,9 @@ def main() -> None:
     diffs = {name: max(r["diffs"][name] for r in rounds)
              for name in ("best.safetensors", "last.safetensors")}
     map_gap = max(abs(r["mAP"] - r["reference_mAP"]) for r in rounds)
-    round_maps = ", ".join(f"{r['mAP']:.6f}" for r in rounds)
+    distinct_maps = sorted({r["mAP"] for r in rounds})
+    round_maps = (f"{distinct_maps[0]:.6f} in all {len(rounds)} rounds" if len(distinct_maps) == 1
+                  else ", ".join(f"{r['mAP']:.6f}" for r in rounds))
     mid_write = sum(r["mid_write"] != "-" for r in rows)
     total = time.time() - t0
 
@@ -293,7 +295,9 @@ def main() -> None:
         f"- kills: **{len(rows)}**, of which **{mid_write}** landed while a checkpoint file was being "
         f"written (its temporary file was left behind and removed by the next resume)",
         f"- resumes: **{resumes}**, all succeeded; **{len(rounds)}** runs (rounds), each killed "
-        f"and resumed until it completed, then compared with the reference",
+        f"and resumed until it completed, then compared with the reference (a round also ends "
+        f"when its run completes before the kill lands: a write-mode kill waits for a temporary "
+        f"file that exists for well under a millisecond, and often misses it)",
         f"- unreadable checkpoints after a kill: **{len(problems_seen)}**; kills that left a torn "
         f".safetensors/.json pair (loaded with the metadata embedded in the weights): "
         f"**{sum(r['torn'] != '-' for r in rows)}**",
