@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from mlic.errors import ConfigError
+from mlic.errors import ConfigError, did_you_mean
 
 # Keys whose value is a free mapping (or a path): not checked against the schema here.
 FREE_KEYS = {"data.train", "data.val", "data.test", "loss.params", "model.head_params",
@@ -302,7 +302,7 @@ def check_components(config: Mapping[str, Any]) -> None:
 
     head, head_params = config["model"]["head"], config["model"]["head_params"] or {}
     if head not in HEADS:
-        raise ConfigError(f"'model.head': unknown head {head!r}{_closest(head, HEADS)}; "
+        raise ConfigError(f"'model.head': unknown head {head!r}{did_you_mean(head, HEADS)}; "
                           f"available: {', '.join(sorted(HEADS))}")
     signature = inspect.signature(HEADS[head].__init__).parameters
     accepted = {k: v.default for k, v in signature.items()
@@ -314,7 +314,7 @@ def check_components(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"'loss.params' must be a mapping of keys, got {params!r}")
     key = str(name).strip().lower()
     if key not in LOSSES:
-        raise ConfigError(f"'loss.name': unknown loss {name!r}{_closest(key, LOSSES)}; "
+        raise ConfigError(f"'loss.name': unknown loss {name!r}{did_you_mean(key, LOSSES)}; "
                           f"valid losses: {', '.join(sorted(LOSSES))}")
     accepted = {k: v.default for k, v in inspect.signature(LOSSES[key]).parameters.items()}
     _check_params("loss.params", f"loss {key!r}", params, accepted, {})
@@ -326,11 +326,6 @@ def check_components(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"'loss.params': a value does not fit loss {key!r} ({e})") from None
 
 
-def _closest(word: str, options: Iterable[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-
-
 def _check_params(section: str, owner: str, params: Any, accepted: Mapping[str, Any],
                   ranges: Mapping[str, tuple[float | None, float | None]]) -> None:
     """Names against ``accepted`` (name -> default), types against the defaults' types; integer
@@ -340,7 +335,7 @@ def _check_params(section: str, owner: str, params: Any, accepted: Mapping[str, 
     for name, value in params.items():
         key = f"{section}.{name}"
         if name not in accepted:
-            close = _closest(name, accepted, prefix=f"{section}.")
+            close = did_you_mean(name, accepted, prefix=f"{section}.")
             raise ConfigError(f"unknown key '{key}'{close}: {owner} takes "
                               f"{', '.join(sorted(accepted)) or 'no parameters'}")
         kind = _kind(accepted[name])

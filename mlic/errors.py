@@ -6,6 +6,9 @@ these messages without a traceback; anything else is a bug in mlic and keeps its
 """
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class MlicError(Exception):
     """Base class of the errors that are the user's to fix."""
@@ -25,3 +28,9 @@ class ConfigError(MlicError):
 
 class WeightsError(MlicError):
     """A weights file or checkpoint cannot be loaded."""
+
+
+def did_you_mean(word: object, options: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` with the closest of ``options``, or "" when none is close."""
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""

@@ -14,7 +14,6 @@ predictions are unchanged and a ``KnownLabelsIgnored`` warning says so.
 """
 from __future__ import annotations
 
-import difflib
 import glob
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from PIL import Image
 
 from mlic.data.images import load_rgb, to_rgb
 from mlic.data.transforms import eval_transform
-from mlic.errors import DataError
+from mlic.errors import DataError, did_you_mean
 from mlic.export.runtime import TorchRuntime, load_runtime
 from mlic.models import MultiLabelClassifier
 from mlic.models.backbone import Preprocessing
@@ -142,8 +141,7 @@ class Predictor:
                 states[i, index[name]] = _STATE_VALUES[key]
         if strangers:
             unique = sorted(set(strangers))
-            hints = [f"{n!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
-                n, self.label_names, 1)) else repr(n) for n in unique[:10]]
+            hints = [f"{n!r}{did_you_mean(n, self.label_names)}" for n in unique[:10]]
             raise DataError(f"known labels not among this model's {len(self.label_names)} labels: "
                             f"{', '.join(hints)}" + (" ..." if len(unique) > 10 else ""))
         if not self.takes_label_states:
