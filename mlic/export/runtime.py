@@ -61,10 +61,8 @@ class OnnxRuntime:
         self.compute = "f32"
 
     def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None) -> np.ndarray:
-        feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
-        if self.takes_label_states:
-            feeds["label_states"] = _states(label_states, images.shape[0], self)
-        return self.session.run(["probabilities"], feeds)[0].astype(np.float64)
+        return self.session.run(["probabilities"], _feeds(self, images, label_states))[0] \
+            .astype(np.float64)
 
 
 class OpenVinoRuntime:
@@ -83,10 +81,8 @@ class OpenVinoRuntime:
         self.compute = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
     def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None) -> np.ndarray:
-        feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
-        if self.takes_label_states:
-            feeds["label_states"] = _states(label_states, images.shape[0], self)
-        return np.array(self.request.infer(feeds)[self.output], dtype=np.float64)
+        return np.array(self.request.infer(_feeds(self, images, label_states))[self.output],
+                        dtype=np.float64)
 
 
 def _type_name(element_type) -> str:
@@ -95,10 +91,14 @@ def _type_name(element_type) -> str:
         name.split("'")[1] if "'" in name else name, name)
 
 
-def _states(label_states: np.ndarray | None, batch: int, runtime) -> np.ndarray:
-    if label_states is None:
-        return np.full((batch, runtime.num_classes), -1.0, dtype=np.float32)
-    return np.ascontiguousarray(label_states, dtype=np.float32)
+def _feeds(runtime, images: np.ndarray, label_states: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The exported graph's inputs; label states all unknown (-1) when none are given."""
+    feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
+    if runtime.takes_label_states:
+        feeds["label_states"] = (
+            np.full((images.shape[0], runtime.num_classes), -1.0, dtype=np.float32)
+            if label_states is None else np.ascontiguousarray(label_states, dtype=np.float32))
+    return feeds
 
 
 def load_runtime(path: str | Path, backend: str | None = None, device: str = "cpu",
