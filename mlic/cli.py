@@ -95,7 +95,8 @@ def _export(args: argparse.Namespace) -> None:
     path = export_model(args.run, args.format, out=args.out, int8=args.int8,
                         logits=not args.no_logits, tag=args.tag,
                         calibration_data=args.calibration_data,
-                        calibration_size=args.calibration_size)
+                        calibration_size=args.calibration_size,
+                        overflow_fix=args.overflow_fix.replace("-", "_"))
     outputs = "probabilities (sigmoid inside the graph)" + ("" if args.no_logits else " and logits")
     print(f"written: {path}  ({'INT8' if args.int8 else 'FP32'}, dynamic batch; outputs: {outputs}; "
           f"label names, thresholds and preprocessing in its metadata)")
@@ -236,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-data", help="annotations of the calibration images "
                    "(default: the run's training split)")
     p.add_argument("--calibration-size", type=int, default=300)
+    p.add_argument("--overflow-fix", choices=["all", "first-layer", "none"], default="all",
+                   help="INT8 layers whose weights get 7 bits, so that CPUs without VNNI (AVX2) do "
+                   "not saturate; first-layer: NNCF's default, for CPUs with VNNI or AMX")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="latency (batch 1, p50/p90) and throughput per backend")

@@ -271,6 +271,7 @@ def test_int8_calibrated_on_the_training_split(trained_run, colour_dataset, fmt,
         core().read_model(str(path)), path)
     assert meta["export"]["precision"] == "int8"
     assert meta["export"]["calibration"]["images"] == 16
+    assert meta["export"]["calibration"]["overflow_fix"] == "all"
     if fmt == "onnx":
         assert "QuantizeLinear" in graph_ops(path)
     else:
@@ -283,6 +284,37 @@ def test_int8_calibrated_on_the_training_split(trained_run, colour_dataset, fmt,
     scores = int8.scores(images)
     assert 0 < np.abs(scores - fp32).max() < 0.15
     assert np.corrcoef(scores.ravel(), fp32.ravel())[0, 1] > 0.98
+
+
+def int8_weight_magnitudes(path: Path) -> list[int]:
+    """Largest |integer| of each int8 weight tensor of a quantized .onnx or .xml."""
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+        graph = onnx.load(str(path)).graph
+        weights = [numpy_helper.to_array(t) for t in graph.initializer]
+    else:
+        weights = [op.get_data() for op in core().read_model(str(path)).get_ordered_ops()
+                   if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"]
+    return [int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8 and w.size > 1]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_weights_have_7_bits_unless_asked(trained_run, fmt, tmp_path) -> None:
+    """7-bit weights (|q| <= 64) keep AVX2's saturating int16 pair sums exact; the default gives
+    them to every layer, NNCF's own default (first_layer) to the first convolution only."""
+    pytest.importorskip("nncf", reason="INT8 export needs nncf (export extra)")
+    everywhere = int8_weight_magnitudes(export_model(
+        trained_run, fmt, out=tmp_path / "all", int8=True, calibration_size=8))
+    first = int8_weight_magnitudes(export_model(
+        trained_run, fmt, out=tmp_path / "first", int8=True, calibration_size=8,
+        overflow_fix="first_layer"))
+    assert len(everywhere) == len(first) > 3
+    # Depthwise convolutions do not pair-sum, so NNCF leaves them 8-bit either way.
+    assert sum(m <= 64 for m in everywhere) > sum(m <= 64 for m in first) >= 1
+    assert max(first) == 127
+    with pytest.raises(ConfigError, match="overflow fix"):
+        export_model(trained_run, fmt, out=tmp_path / "bad", int8=True, overflow_fix="every")
 
 
 def test_int8_needs_calibration_images(tmp_path) -> None:

@@ -21,7 +21,7 @@ import yaml
 from mlic.engine.checkpoint import load_model, resolve_checkpoint
 from mlic.errors import ConfigError
 from mlic.export.metadata import export_metadata
-from mlic.export.quantize import DEFAULT_CALIBRATION_SIZE
+from mlic.export.quantize import DEFAULT_CALIBRATION_SIZE, OVERFLOW_FIX
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 
@@ -49,15 +49,19 @@ def training_split(run: Path) -> Any:
 def export_model(source: str | Path, format: str = "onnx", out: str | Path | None = None,
                  int8: bool = False, logits: bool = True, tag: str = "best",
                  calibration_data: str | Path | Mapping[str, Any] | None = None,
-                 calibration_size: int = DEFAULT_CALIBRATION_SIZE) -> Path:
+                 calibration_size: int = DEFAULT_CALIBRATION_SIZE, overflow_fix: str = "all") -> Path:
     """Export a run folder or checkpoint; returns the written .onnx or .xml path.
 
     ``out``: a folder (default ``<run>/export``) or a file name with the format's suffix.
     ``int8``: NNCF post-training quantization on ``calibration_size`` images of
-    ``calibration_data`` (default: the run's training split).
+    ``calibration_data`` (default: the run's training split); ``overflow_fix``: the layers whose
+    weights get 7 bits, "all" (default: exact on CPUs without VNNI), "first_layer" or "none"
+    (``mlic.export.quantize``).
     """
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if overflow_fix not in OVERFLOW_FIX:
+        raise ConfigError(f"overflow fix must be one of {', '.join(OVERFLOW_FIX)}, got {overflow_fix!r}")
     from mlic.export.runtime import require
     for package in ["onnx", *(["openvino"] if format == "openvino" else []), *(["nncf"] if int8 else [])]:
         require(package)
@@ -76,7 +80,8 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
         checkpoint_meta, model.takes_label_states, logits, "int8" if int8 else "fp32",
         format=format, source=str(resolve_checkpoint(source, tag)),
         tool_versions=_versions(format, int8),
-        **({"calibration": {"images": len(samples), "data": str(calibration_data or "train split")}}
+        **({"calibration": {"images": len(samples), "data": str(calibration_data or "train split"),
+                            "overflow_fix": overflow_fix}}
            if samples else {}))
 
     from mlic.export.onnx import export_onnx
@@ -89,7 +94,7 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
 
                 from mlic.export.metadata import write_onnx_metadata
                 from mlic.export.quantize import quantize
-                quantized = quantize(onnx.load(str(path)), samples, model)
+                quantized = quantize(onnx.load(str(path)), samples, model, overflow_fix)
                 write_onnx_metadata(quantized, metadata)
                 onnx.save(quantized, str(path))
             return path
@@ -97,7 +102,7 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
         graph = convert_onnx(onnx_path)
         if samples:
             from mlic.export.quantize import quantize
-            graph = quantize(graph, samples, model)
+            graph = quantize(graph, samples, model, overflow_fix)
         return save_openvino(graph, metadata, path)
 
 
