@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 TEMP_PREFIX = ".tmp-"  # temporary files left by a killed writer are recognised by this prefix
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -17,6 +19,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
     os.close(fd)
+    os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); give it open()'s mode
     try:
         write(temp)
         with open(temp, "rb+") as f:

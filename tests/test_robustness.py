@@ -291,6 +291,14 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path) -> None
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_atomic_write_gives_the_mode_open_would(tmp_path) -> None:
+    """Not mkstemp's private 0600: a run's report and metrics are meant to be shared."""
+    atomic_write(tmp_path / "f.txt", lambda temp: Path(temp).write_text("x"))
+    (tmp_path / "g.txt").write_text("x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == (tmp_path / "g.txt").stat().st_mode & 0o777
+
+
 def test_sigint_during_a_save_is_held_until_the_save_is_done(tmp_path) -> None:
     done = []
     with pytest.raises(KeyboardInterrupt):
