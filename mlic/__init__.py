@@ -13,6 +13,7 @@ from mlic.evaluation import evaluate
 from mlic.inference import Predictor
 from mlic.losses import build_loss
 from mlic.models import create_model
+from mlic.report import write_report
 
 __all__ = ["LabelTable", "Predictor", "build_loss", "create_model", "evaluate", "load_table",
-           "train", "__version__"]
+           "train", "write_report", "__version__"]

@@ -175,6 +175,11 @@ def _tune(args: argparse.Namespace) -> None:
          resume=args.resume, min_lr=args.min_lr, max_lr=args.max_lr, progress=not args.no_progress)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from mlic.report import write_report
+    print(f"written: {write_report(args.run)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlic", description="Multi-label image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -315,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lr", type=float, default=0.1)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_tune)
+
+    p = sub.add_parser("report", help="write RUN/report.html (summary, curves, metrics, per-class AP, "
+                       "thresholds; one self-contained file) and RUN/plots/*.png")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=_report)
     return parser
 
 

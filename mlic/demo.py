@@ -72,6 +72,7 @@ def run_demo(out: str | Path = "demo", epochs: int | None = None, progress: bool
           f"    run         {run}\n"
           f"    config      {run / 'config.yaml'}   (repeat with: mlic train --config ...)\n"
           f"    metrics     {run / 'metrics.csv'}, {run / 'eval_test.json'}\n"
+          f"    report      {run / 'report.html'}   (summary, curves, per-class AP)\n"
           f"    weights     {run / 'checkpoints' / 'best.safetensors'} (+ best.json)\n"
           f"next: mlic eval {run}   |   mlic predict {run} some.png   |   mlic data stats "
           f"{data_dir / 'style_train.csv'}")

@@ -20,6 +20,7 @@ from mlic.engine.evaluate import metrics_report, predict_scores
 from mlic.engine.label_mask import evaluation_label_states, unknown_only
 from mlic.engine.trainer import make_loader, resolve_device
 from mlic.errors import ConfigError
+from mlic.report import write_report_or_warn
 from mlic.thresholds import model_thresholds
 
 
@@ -28,7 +29,8 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
              empty_classes: str = "skip", batch_size: int = 64, device: str = "auto",
              num_workers: int = 2, tag: str = "best", progress: bool = True,
              known_fraction: float = 0.0) -> dict[str, Any]:
-    """Evaluate; returns the report (also written to ``<run>/eval_<name>.json``).
+    """Evaluate; returns the report (also written to ``<run>/eval_<name>.json``, and shown in the
+    run's ``report.html``, which is rewritten).
 
     ``known_fraction`` > 0: the partial-label protocol (``mlic.engine.label_mask``): that share of
     each image's labels is known (the same set for every model), given to models that take known
@@ -81,4 +83,5 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
             writer = csv.DictWriter(f, fieldnames=["label", "AP", "positives"])
             writer.writeheader()
             writer.writerows(report["per_class"])
+        write_report_or_warn(run)  # the run's report.html shows the new evaluation; never fails it
     return report

@@ -7,7 +7,7 @@ choice and works when train and test look alike; on a held-out split (``--split 
 when they differ (the paper's VG500 row got worse with train-tuned thresholds, its Table 10).
 
 Thresholds go to ``<run>/thresholds.json`` and into ``checkpoints/best.json``, which ``predict``,
-``eval`` and exports read.
+``eval`` and exports read; the run's ``report.html`` is rewritten to show them.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from mlic.engine.evaluate import predict_scores
 from mlic.engine.trainer import make_loader, resolve_device
 from mlic.errors import ConfigError
 from mlic.metrics import threshold_metrics, tune_thresholds
+from mlic.report import write_report_or_warn
 
 
 def tune_run_thresholds(run: str | Path, split: str = "train",
@@ -55,6 +56,7 @@ def tune_run_thresholds(run: str | Path, split: str = "train",
                                    "tuned": {k: float(after[k]) for k in ("CF1", "OF1", "mean_F1")}}}
     write_json(run / "thresholds.json", summary)
     set_model_thresholds(run, thresholds.tolist())
+    write_report_or_warn(run)  # the report's threshold section; a failure only warns
     return summary
 
 

@@ -115,6 +115,7 @@ def test_ddp_without_sam_is_the_single_process_run_and_resumes(uneven_dataset, t
     assert_same_metrics(single, ddp)
     log = (ddp / "train.log").read_text()
     assert log.count("epoch 2/2") == 1 and log.count("done:") == 2  # one line per run, rank 0's
+    assert log.count("report: ") == 2 and (ddp / "report.html").is_file()  # rank 0 writes it
 
 
 def test_ddp_with_global_sam_is_the_single_process_run(uneven_dataset, tmp_path):

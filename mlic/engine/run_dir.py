@@ -6,6 +6,7 @@
       metrics.csv          one row per epoch
       checkpoints/         last.* (resume), best.* (the selected weights)
       eval_<split>.json    metrics of the selected weights (written by training and by `mlic eval`)
+      report.html, plots/  the run on one page, and its figures (mlic/report.py)
 """
 from __future__ import annotations
 

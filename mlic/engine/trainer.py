@@ -507,6 +507,11 @@ class Trainer:
             if distributed.is_main():
                 ckpt.write_json(self.run_dir / f"eval_{key}.json", report)
             self.log.info(f"{key} split, selected weights:\n{format_report(report)}")
+        if distributed.is_main():
+            from mlic.report import write_report_or_warn  # here: mlic.report imports mlic.engine
+            report_path = write_report_or_warn(self.run_dir, self.log)  # a failure only warns
+            if report_path is not None:
+                self.log.info(f"report: {report_path}")
         self.log.info(f"done: {self.run_dir}")
         close_logger(self.log)
 
