@@ -74,11 +74,19 @@ def metrics_rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def assert_same_weights(a: Path, b: Path, tag: str = "last", atol: float = 1e-4) -> None:
+def assert_same_weights(a: Path, b: Path, tag: str = "last", atol: float = 1e-3) -> None:
+    """Equal up to float noise as AdamW amplifies it. AdamW divides each gradient element by its
+    running RMS, so where a gradient is near zero the rounding difference of gloo's all-reduce
+    (another summation order) can change that element's step by a sizeable share of the learning
+    rate: up to 2.4e-4 seen on AMD EPYC after 6 steps at lr 0.01. A DDP run that did not average
+    its gradients would be off by about a whole step (lr = 1e-2) in most weights, and its losses
+    and metrics (compared too) would differ."""
     wa, wb = load_file(a / "checkpoints" / f"{tag}.safetensors"), load_file(b / "checkpoints" / f"{tag}.safetensors")
     assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key].float(), wb[key].float(), atol=atol, rtol=1e-4, msg=key)
+    for key in (k for k in wa if wa[k].numel()):
+        a, b = wa[key].double(), wb[key].double()
+        difference = float((a - b).abs().max())
+        assert difference <= atol + 1e-4 * float(b.abs().max()), f"{key}: max |difference| {difference:.2e}"
 
 
 def assert_same_metrics(single: Path, ddp: Path) -> None:
@@ -126,7 +134,7 @@ def test_ddp_with_global_sam_is_the_single_process_run(uneven_dataset, tmp_path)
     config.write_text(yaml.safe_dump(ddp_config(uneven_dataset, tmp_path / "ddp", **sam)))
     torchrun(["-m", "mlic", "train", "--config", str(config), "--no-progress"], tmp_path)
     ddp = only_run(tmp_path / "ddp")
-    assert_same_weights(single, ddp)
+    assert_same_weights(single, ddp, atol=1e-4)  # SGD: no AdamW amplification
     assert_same_metrics(single, ddp)
 
 
