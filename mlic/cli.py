@@ -96,10 +96,24 @@ def _export(args: argparse.Namespace) -> None:
                         logits=not args.no_logits, tag=args.tag,
                         calibration_data=args.calibration_data,
                         calibration_size=args.calibration_size,
-                        overflow_fix=args.overflow_fix.replace("-", "_"))
+                        overflow_fix=args.overflow_fix.replace("-", "_"),
+                        max_drop=args.max_drop, validation_data=args.validation_data,
+                        validation_size=args.validation_size)
     outputs = "probabilities (sigmoid inside the graph)" + ("" if args.no_logits else " and logits")
     print(f"written: {path}  ({'INT8' if args.int8 else 'FP32'}, dynamic batch; outputs: {outputs}; "
           f"label names, thresholds and preprocessing in its metadata)")
+    if args.int8:
+        from mlic.export.runtime import read_metadata
+        calibration = read_metadata(path)["export"]["calibration"]
+        bits = "7-bit weights everywhere" if calibration["overflow_fix"] == "all" else \
+            "8-bit weights: exact on CPUs with VNNI or AMX"
+        print(f"calibrated on {calibration['images']} images; overflow fix "
+              f"{calibration['overflow_fix']} ({bits})")
+        control = calibration.get("accuracy_control")
+        if control:
+            print(f"accuracy control on {control['validation_images']} validation images: mAP "
+                  f"{control['fp32_map']:.2f} FP32, {control['int8_map']:.2f} INT8 (max drop "
+                  f"{control['max_drop_map']:g}); {control['quantized_inputs']} quantized inputs kept")
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -242,9 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-data", help="annotations of the calibration images "
                    "(default: the run's training split)")
     p.add_argument("--calibration-size", type=int, default=300)
-    p.add_argument("--overflow-fix", choices=["all", "first-layer", "none"], default="all",
+    p.add_argument("--overflow-fix", choices=["auto", "all", "first-layer", "none"], default="auto",
                    help="INT8 layers whose weights get 7 bits, so that CPUs without VNNI (AVX2) do "
-                   "not saturate; first-layer: NNCF's default, for CPUs with VNNI or AMX")
+                   "not saturate: all (exact on any CPU), first-layer (NNCF's default: 8-bit "
+                   "weights, for CPUs with VNNI or AMX); auto: first-layer if this CPU has VNNI "
+                   "or AMX, else all")
+    p.add_argument("--max-drop", type=float, help="INT8 with accuracy control: layers go back to "
+                   "floating point until the validation mAP is at most this many points below FP32")
+    p.add_argument("--validation-data", help="labelled images for --max-drop (default: the run's "
+                   "validation split; not its test split, whose score would then be optimistic)")
+    p.add_argument("--validation-size", type=int, default=500)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="latency (batch 1, p50/p90) and throughput per backend")

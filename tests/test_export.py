@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import mlic
 from mlic.cli import main
@@ -37,6 +38,7 @@ ov = pytest.importorskip("openvino", reason="export tests need the export extra 
 from mlic.export import export_model
 from mlic.export.metadata import read_onnx_metadata, read_openvino_metadata
 from mlic.export.openvino import core
+from mlic.export.runtime import read_metadata
 
 NAMES = ["cat", "dog", "grass", "sky", "car", "tree"]
 SIZE = 64
@@ -267,11 +269,12 @@ def test_int8_calibrated_on_the_training_split(trained_run, colour_dataset, fmt,
     pytest.importorskip("nncf", reason="INT8 export needs nncf (export extra)")
     path = export_model(trained_run, fmt, out=tmp_path, int8=True, calibration_size=16)
     assert path.name == f"model_int8{path.suffix}"
-    meta = read_onnx_metadata(path) if fmt == "onnx" else read_openvino_metadata(
-        core().read_model(str(path)), path)
+    meta = read_metadata(path)
     assert meta["export"]["precision"] == "int8"
     assert meta["export"]["calibration"]["images"] == 16
-    assert meta["export"]["calibration"]["overflow_fix"] == "all"
+    from mlic.export.quantize import cpu_has_vnni
+    assert meta["export"]["calibration"]["overflow_fix"] == ("first_layer" if cpu_has_vnni() else "all")
+    assert meta["export"]["calibration"]["exported_on_vnni_cpu"] == cpu_has_vnni()
     if fmt == "onnx":
         assert "QuantizeLinear" in graph_ops(path)
     else:
@@ -305,7 +308,7 @@ def test_int8_weights_have_7_bits_unless_asked(trained_run, fmt, tmp_path) -> No
     them to every layer, NNCF's own default (first_layer) to the first convolution only."""
     pytest.importorskip("nncf", reason="INT8 export needs nncf (export extra)")
     everywhere = int8_weight_magnitudes(export_model(
-        trained_run, fmt, out=tmp_path / "all", int8=True, calibration_size=8))
+        trained_run, fmt, out=tmp_path / "all", int8=True, calibration_size=8, overflow_fix="all"))
     first = int8_weight_magnitudes(export_model(
         trained_run, fmt, out=tmp_path / "first", int8=True, calibration_size=8,
         overflow_fix="first_layer"))
@@ -315,6 +318,116 @@ def test_int8_weights_have_7_bits_unless_asked(trained_run, fmt, tmp_path) -> No
     assert max(first) == 127
     with pytest.raises(ConfigError, match="overflow fix"):
         export_model(trained_run, fmt, out=tmp_path / "bad", int8=True, overflow_fix="every")
+
+
+@pytest.mark.parametrize("has_vnni, expected", [(True, "first_layer"), (False, "all")])
+def test_overflow_fix_auto_follows_the_cpu(monkeypatch, has_vnni, expected) -> None:
+    from mlic.export import quantize
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: has_vnni)
+    assert quantize.resolve_overflow_fix("auto") == expected
+    assert quantize.resolve_overflow_fix("none") == "none"
+
+
+def test_cpu_has_vnni_reads_the_cpu_flags(monkeypatch, tmp_path) -> None:
+    from mlic.export import quantize
+    real_open = open
+    for flags, expected in [("fpu avx2 avx512f", False), ("fpu avx2 avx512_vnni", True),
+                            ("fpu avx_vnni", True), ("fpu amx_int8 amx_tile", True)]:
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+            info if path == "/proc/cpuinfo" else path, *a, **k))
+        assert quantize.cpu_has_vnni() is expected
+    assert quantize.cpu_flags() == {"fpu", "amx_int8", "amx_tile"}
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("none")))
+    assert quantize.cpu_has_vnni() is False  # unreadable: the choice that is exact everywhere
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_8_bit_int8_weights_warn_on_a_cpu_without_vnni(trained_run, monkeypatch, fmt,
+                                                        tmp_path) -> None:
+    pytest.importorskip("nncf", reason="INT8 export needs nncf (export extra)")
+    from mlic.export import quantize
+    from mlic.export.runtime import Int8WeightsMaySaturate
+    eight = export_model(trained_run, fmt, out=tmp_path / "8", int8=True, calibration_size=8,
+                         overflow_fix="first_layer")
+    seven = export_model(trained_run, fmt, out=tmp_path / "7", int8=True, calibration_size=8,
+                         overflow_fix="all")
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: False)
+    with pytest.warns(Int8WeightsMaySaturate, match="--overflow-fix all"):
+        Predictor.load(eight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Int8WeightsMaySaturate)
+        Predictor.load(seven)  # 7-bit weights are exact on any CPU
+        monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: True)
+        Predictor.load(eight)
+
+
+def test_validation_map_equals_the_metric_on_torch_scores(trained_run, colour_dataset,
+                                                           tmp_path) -> None:
+    """The accuracy control's metric is mAP in points, the same as mlic.metrics on the same images."""
+    from mlic.engine.checkpoint import load_model
+    from mlic.export.quantize import validation_inputs, validation_map
+    from mlic.export.runtime import TorchRuntime
+    from mlic.metrics import mean_average_precision
+    model, meta = load_model(trained_run)
+    items = validation_inputs(str(colour_dataset["test"]), model, meta["label_names"], size=20)
+    assert len(items) == 20
+    runtime = TorchRuntime(model)
+    images = np.concatenate([inputs["images"] for inputs, _ in items])
+    expected = 100 * mean_average_precision(runtime(images), np.stack([t for _, t in items])).map
+    onnx_path = export_model(trained_run, "onnx", out=tmp_path)
+    assert validation_map(onnx.load(str(onnx_path)), items) == pytest.approx(expected, abs=1e-3)
+    assert validation_map(core().read_model(str(onnx_path)), items, batch_size=7) == \
+        pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_accuracy_control_reverts_layers_until_within_max_drop(trained_run, fmt,
+                                                                    tmp_path) -> None:
+    """Calibrated on one image of the mean colour (all zeros once normalised), the input's range
+    is nearly zero and INT8 loses mAP on the validation split; max_drop 0 then returns quantizers
+    to floating point until nothing is lost, while a drop that anything satisfies keeps every
+    quantizer."""
+    pytest.importorskip("nncf", reason="INT8 export needs nncf (export extra)")
+    from PIL import Image
+
+    from mlic.engine.checkpoint import load_model
+    from mlic.export.quantize import count_quantizers
+    mean = load_model(trained_run)[0].preprocessing.mean
+    Image.new("RGB", (SIZE, SIZE), tuple(round(255 * m) for m in mean)).save(tmp_path / "grey.png")
+    (tmp_path / "grey.csv").write_text("image,labels\ngrey.png,cat\n")
+    calibration = {"path": str(tmp_path / "grey.csv"), "root": str(tmp_path)}
+
+    def export(name: str, **options) -> tuple[Path, dict | None]:
+        path = export_model(trained_run, fmt, out=tmp_path / name, int8=True,
+                            calibration_data=calibration, **options)
+        graph = onnx.load(str(path)) if fmt == "onnx" else core().read_model(str(path))
+        meta = read_onnx_metadata(path) if fmt == "onnx" else read_openvino_metadata(graph, path)
+        return count_quantizers(graph), meta["export"]["calibration"].get("accuracy_control")
+
+    all_quantized, none = export("plain")
+    assert none is None and all_quantized > 3
+    kept, loose = export("loose", max_drop=100.0, validation_size=24)
+    assert kept == loose["quantized_inputs"] == all_quantized
+    assert loose["validation_images"] == 24 and loose["validation_data"] == "val split"
+    assert loose["fp32_map"] - loose["int8_map"] > 1  # what the narrow calibration costs
+    kept, strict = export("strict", max_drop=0.0, validation_size=24)
+    assert kept == strict["quantized_inputs"] < all_quantized
+    assert strict["fp32_map"] - strict["int8_map"] <= 1e-6 or kept == 0
+
+
+def test_int8_accuracy_control_needs_int8_and_validation_images(trained_run, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="--int8"):
+        export_model(trained_run, "onnx", out=tmp_path, max_drop=1.0)
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    no_val = tmp_path / "run_without_val"
+    shutil.copytree(trained_run / "checkpoints", no_val / "checkpoints")
+    config["data"]["val"] = None
+    (no_val / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="no data.val split; pass --validation-data"):
+        export_model(no_val, "onnx", out=tmp_path, int8=True, max_drop=1.0)
 
 
 def test_int8_needs_calibration_images(tmp_path) -> None:
@@ -412,6 +525,14 @@ def test_cli_export_predict_bench(trained_run, colour_dataset, tmp_path, capsys)
     assert "linear head takes no label states" in capsys.readouterr().err
     assert main(["predict", str(out), image, "--known", "purple=1"]) == 2
     assert "'purple'" in capsys.readouterr().err
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "int8.onnx"), "--int8",
+                 "--calibration-size", "8", "--overflow-fix", "all", "--max-drop", "100",
+                 "--validation-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrated on 8 images; overflow fix all (7-bit weights everywhere)" in printed
+    assert "accuracy control on 8 validation images: mAP" in printed and "(max drop 100)" in printed
+    assert main(["export", str(trained_run), "--max-drop", "1"]) == 2
+    assert "add int8 (--int8)" in capsys.readouterr().err
     assert main(["predict", str(out), image, "--known", "red"]) == 2
     assert "expected label=1 or label=0" in capsys.readouterr().err
     assert main(["bench", str(out), "--repeats", "3", "--warmup", "1", "--batch-size", "2",

@@ -21,7 +21,8 @@ import yaml
 from mlic.engine.checkpoint import load_model, resolve_checkpoint
 from mlic.errors import ConfigError
 from mlic.export.metadata import export_metadata
-from mlic.export.quantize import DEFAULT_CALIBRATION_SIZE, OVERFLOW_FIX
+from mlic.export.quantize import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VALIDATION_SIZE,
+                                  resolve_overflow_fix)
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 
@@ -32,15 +33,16 @@ def run_folder(source: str | Path, tag: str = "best") -> Path:
     return folder.parent if folder.name == "checkpoints" else folder
 
 
-def training_split(run: Path) -> Any:
+def run_split(run: Path, split: str = "train") -> Any:
+    """The annotation spec of one split (``data.train``, ``data.val``) of a run, from its config."""
     config_path = run / "config.yaml"
+    option = "--calibration-data" if split == "train" else "--validation-data"
     if not config_path.is_file():
-        raise ConfigError(f"{run}: no config.yaml to find the training images for calibration in; "
-                          f"pass calibration_data (--calibration-data)")
+        raise ConfigError(f"{run}: no config.yaml to find the {split} images in; pass {option}")
     data = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("data", {})
-    if not data.get("train"):
-        raise ConfigError(f"{config_path}: no data.train to calibrate on; pass --calibration-data")
-    spec = data["train"]
+    if not data.get(split):
+        raise ConfigError(f"{config_path}: no data.{split} split; pass {option}")
+    spec = data[split]
     if data.get("classes") and isinstance(spec, str):  # a plain CSV's class list belongs to it
         spec = {"path": spec, "classes": data["classes"]}
     return spec
@@ -49,40 +51,55 @@ def training_split(run: Path) -> Any:
 def export_model(source: str | Path, format: str = "onnx", out: str | Path | None = None,
                  int8: bool = False, logits: bool = True, tag: str = "best",
                  calibration_data: str | Path | Mapping[str, Any] | None = None,
-                 calibration_size: int = DEFAULT_CALIBRATION_SIZE, overflow_fix: str = "all") -> Path:
+                 calibration_size: int = DEFAULT_CALIBRATION_SIZE, overflow_fix: str = "auto",
+                 max_drop: float | None = None,
+                 validation_data: str | Path | Mapping[str, Any] | None = None,
+                 validation_size: int = DEFAULT_VALIDATION_SIZE) -> Path:
     """Export a run folder or checkpoint; returns the written .onnx or .xml path.
 
     ``out``: a folder (default ``<run>/export``) or a file name with the format's suffix.
     ``int8``: NNCF post-training quantization on ``calibration_size`` images of
     ``calibration_data`` (default: the run's training split); ``overflow_fix``: the layers whose
-    weights get 7 bits, "all" (default: exact on CPUs without VNNI), "first_layer" or "none"
-    (``mlic.export.quantize``).
+    weights get 7 bits: "all" (exact on every x86 CPU, VNNI or not), "first_layer" (8-bit
+    weights elsewhere: more accurate, exact only on CPUs with VNNI or AMX), "none", or "auto"
+    (default: "first_layer" if this CPU has VNNI or AMX, else "all"; ``mlic.export.quantize``).
+    ``max_drop``: accuracy-controlled INT8: layers go back to floating point until the mAP on
+    ``validation_size`` images of ``validation_data`` (default: the run's validation split, never
+    its test split) is at most ``max_drop`` points below the FP32 model's.
     """
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if overflow_fix not in OVERFLOW_FIX:
-        raise ConfigError(f"overflow fix must be one of {', '.join(OVERFLOW_FIX)}, got {overflow_fix!r}")
+    overflow_fix = resolve_overflow_fix(overflow_fix)
     from mlic.export.runtime import require
     for package in ["onnx", *(["openvino"] if format == "openvino" else []), *(["nncf"] if int8 else [])]:
         require(package)
     path = _output_path(source, tag, format, out, int8)
     model, checkpoint_meta = load_model(source, tag)
-    samples = None
+    if max_drop is not None and not int8:
+        raise ConfigError("max_drop (--max-drop) controls the accuracy of INT8: add int8 (--int8)")
+    samples = validation = None
+    calibration: dict[str, Any] = {}
     if int8:
-        from mlic.export.quantize import calibration_inputs
-        data = calibration_data if calibration_data is not None else training_split(
-            run_folder(source, tag))
-        if isinstance(data, Path):
-            data = str(data)
-        samples = calibration_inputs(data, model, list(checkpoint_meta["label_names"]),
+        from mlic.export.quantize import calibration_inputs, cpu_has_vnni, validation_inputs
+        labels = list(checkpoint_meta["label_names"])
+        data = calibration_data if calibration_data is not None else run_split(
+            run_folder(source, tag), "train")
+        samples = calibration_inputs(str(data) if isinstance(data, Path) else data, model, labels,
                                      calibration_size)
+        calibration = {"images": len(samples), "data": str(calibration_data or "train split"),
+                       "overflow_fix": overflow_fix, "exported_on_vnni_cpu": cpu_has_vnni()}
+        if max_drop is not None:
+            data = validation_data if validation_data is not None else run_split(
+                run_folder(source, tag), "val")
+            validation = validation_inputs(str(data) if isinstance(data, Path) else data, model,
+                                           labels, validation_size)
+            calibration["accuracy_control"] = {
+                "max_drop_map": max_drop, "validation_images": len(validation),
+                "validation_data": str(validation_data or "val split")}
     metadata = export_metadata(
         checkpoint_meta, model.takes_label_states, logits, "int8" if int8 else "fp32",
         format=format, source=str(resolve_checkpoint(source, tag)),
-        tool_versions=_versions(format, int8),
-        **({"calibration": {"images": len(samples), "data": str(calibration_data or "train split"),
-                            "overflow_fix": overflow_fix}}
-           if samples else {}))
+        tool_versions=_versions(format, int8), **({"calibration": calibration} if int8 else {}))
 
     from mlic.export.onnx import export_onnx
     with tempfile.TemporaryDirectory() as scratch:
@@ -94,7 +111,9 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
 
                 from mlic.export.metadata import write_onnx_metadata
                 from mlic.export.quantize import quantize
-                quantized = quantize(onnx.load(str(path)), samples, model, overflow_fix)
+                fp32 = onnx.load(str(path))
+                quantized = quantize(fp32, samples, model, overflow_fix, validation, max_drop)
+                _record_validation(metadata, fp32, quantized, validation)
                 write_onnx_metadata(quantized, metadata)
                 onnx.save(quantized, str(path))
             return path
@@ -102,14 +121,27 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
         graph = convert_onnx(onnx_path)
         if samples:
             from mlic.export.quantize import quantize
-            graph = quantize(graph, samples, model, overflow_fix)
+            quantized = quantize(graph, samples, model, overflow_fix, validation, max_drop)
+            _record_validation(metadata, graph, quantized, validation)
+            graph = quantized
         return save_openvino(graph, metadata, path)
+
+
+def _record_validation(metadata: dict[str, Any], fp32, int8, validation: list | None) -> None:
+    """The validation mAP of the FP32 and the INT8 graph, in the metadata (accuracy control)."""
+    if not validation:
+        return
+    from mlic.export.quantize import count_quantizers, validation_map
+    control = metadata["export"]["calibration"]["accuracy_control"]
+    control["fp32_map"] = round(validation_map(fp32, validation), 3)
+    control["int8_map"] = round(validation_map(int8, validation), 3)
+    control["quantized_inputs"] = count_quantizers(int8)
 
 
 def _output_path(source: str | Path, tag: str, format: str, out: str | Path | None,
                  int8: bool) -> Path:
     suffix = FORMATS[format]
-    if out is not None and Path(out).suffix:
+    if out is not None and Path(out).suffix and not Path(out).is_dir():  # a folder may hold a dot
         if Path(out).suffix != suffix:
             raise ConfigError(f"--out {out}: a {format} model is written as *{suffix}")
         return Path(out)

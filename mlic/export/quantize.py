@@ -7,16 +7,26 @@ of 0-75% of each image's labels revealed, as label-mask training does), so the s
 ranges are measured too. Heads with attention are quantized as NNCF's ``TRANSFORMER`` model type
 (SmoothQuant, softmax and layer norms kept in floating point).
 
-Weights are quantized to 7 bits in every layer by default (NNCF's "overflow fix" for all layers;
-its default is the first layer only). x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake)
-multiply u8 activations by s8 weights with ``vpmaddubsw``, which adds pairs of products into a
-saturating int16: 255 * 127 * 2 overflows, 255 * 63 * 2 does not. On such a CPU (these machines:
-AMD EPYC, AVX2) the emoji Lite0 model lost 3.82 mAP points with 8-bit weights after the first layer
-and 1.72 with 7-bit weights everywhere (benchmarks/results/inference.md); with 8-bit weights in the
-first layer too it lost 39.8. ``overflow_fix="first_layer"`` keeps NNCF's default, for CPUs with
-VNNI or AMX, which do not saturate and gain one bit of weight precision (not measured here: no
-such CPU). onnxruntime's u8s8 kernels on AVX2 saturate the same way (its own quantizer calls the
+How many bits the weights get depends on the CPU that will run the model. x86 CPUs without VNNI
+(AVX2, AVX-512 before Cascade Lake) multiply u8 activations by s8 weights with ``vpmaddubsw``,
+which adds pairs of products into a saturating int16: 255 * 127 * 2 overflows, 255 * 63 * 2 does
+not. CPUs with VNNI (AVX512-VNNI, AVX-VNNI) or AMX accumulate in int32 and never saturate. NNCF's
+"overflow fix" gives 7-bit weights to the first layer ("first_layer", its default) or to every
+layer ("all"). ``overflow_fix="auto"`` (mlic's default) picks "first_layer" (8-bit weights) on a
+CPU with VNNI or AMX and "all" elsewhere, so the model is exact on CPUs like the one that
+exported it; the choice is in the metadata, and loading an 8-bit-weight model on an x86 CPU
+without VNNI warns (``Int8WeightsMaySaturate``). Measured on the emoji Lite0 model: on an AVX2 CPU,
+8-bit weights after the first layer lost 3.82 mAP points, 7-bit weights everywhere 1.72, no fix at
+all 39.8; on an AVX512-VNNI CPU, 8-bit weights lost 0.81 and 7-bit 1.66-2.13 (three calibration
+subsets). onnxruntime's u8s8 kernels on AVX2 saturate the same way (its own quantizer calls the
 remedy ``reduce_range``).
+
+Accuracy control (``max_drop``): NNCF's ``quantize_with_accuracy_control`` with the mAP (points) on
+a labelled validation split as its metric. It ranks the quantizers by how much mAP their removal
+restores on a subset (300 images) and returns them to floating point, group by group, until the
+drop is within ``max_drop``. The validation split must not be the test split, or the test score
+is optimistic; the training split does not work either (the emoji model's training mAP is 96
+and INT8 costs it 0.25 points there, against about 2 on held-out drawings).
 
 OpenVINO models get NNCF's full bias correction rather than the fast one (on the emoji Lite0 model,
 before the overflow fix, 3.82 mAP points lost instead of 5.9; 1.72 instead of 2.85 after it).
@@ -39,10 +49,51 @@ from mlic.data.images import load_rgb
 from mlic.data.transforms import eval_transform
 from mlic.engine.label_mask import reveal, sample_revealed
 from mlic.errors import ConfigError, DataError
+from mlic.metrics import mean_average_precision
 from mlic.models import MultiLabelClassifier
 
 DEFAULT_CALIBRATION_SIZE = 300  # NNCF's default subset size
-OVERFLOW_FIX = ("all", "first_layer", "none")  # layers whose weights get 7 bits instead of 8
+DEFAULT_VALIDATION_SIZE = 500  # images the accuracy control measures mAP on
+OVERFLOW_FIX = ("auto", "all", "first_layer", "none")  # layers whose weights get 7 bits, not 8
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo: int8 dot products, exact
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's instruction-set flags (Linux's /proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f
+                             if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI or AMX, whose int8 dot products do not saturate (False where the
+    flags cannot be read, which picks the choice that is exact everywhere)."""
+    return bool(VNNI_FLAGS & cpu_flags())
+
+
+def resolve_overflow_fix(overflow_fix: str) -> str:
+    """``auto``: 8-bit weights (NNCF's first-layer fix) on a CPU with VNNI or AMX, else 7-bit
+    weights everywhere. The model runs exactly on CPUs like the one that exported it."""
+    if overflow_fix not in OVERFLOW_FIX:
+        raise ConfigError(f"overflow fix must be one of {', '.join(OVERFLOW_FIX)}, got {overflow_fix!r}")
+    if overflow_fix == "auto":
+        return "first_layer" if cpu_has_vnni() else "all"
+    return overflow_fix
+
+
+def _load_table(data: str | Mapping[str, Any], label_names: list[str], missing: str):
+    table = load_table(data).with_labels(label_names, missing)
+    if len(table) == 0:
+        raise DataError("no images to quantize with", table.source)
+    return table
+
+
+def _subset(n: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(size, n), replace=False))
 
 
 def calibration_inputs(data: str | Mapping[str, Any], model: MultiLabelClassifier,
@@ -51,11 +102,8 @@ def calibration_inputs(data: str | Mapping[str, Any], model: MultiLabelClassifie
     """Up to ``size`` samples {"images": (1, 3, S, S)[, "label_states": (1, C)]} from ``data``."""
     if size < 1:
         raise DataError(f"the calibration subset needs at least one image, got size {size}")
-    table = load_table(data).with_labels(label_names, "negative")
-    if len(table) == 0:
-        raise DataError("no images to calibrate on", table.source)
-    rng = np.random.default_rng(seed)
-    indices = np.sort(rng.choice(len(table), size=min(size, len(table)), replace=False))
+    table = _load_table(data, label_names, "negative")
+    indices = _subset(len(table), size, seed)
     transform = eval_transform(model.preprocessing)
     states = None
     if model.takes_label_states:
@@ -71,6 +119,56 @@ def calibration_inputs(data: str | Mapping[str, Any], model: MultiLabelClassifie
     return samples
 
 
+def validation_inputs(data: str | Mapping[str, Any], model: MultiLabelClassifier,
+                      label_names: list[str], size: int = DEFAULT_VALIDATION_SIZE,
+                      seed: int = 0) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Up to ``size`` labelled samples (inputs, targets (C,)) for accuracy control.
+
+    Labels the split lacks are unknown (left out of the mAP); heads with label states see every
+    label unknown, so the controlled metric is the plain one."""
+    if size < 1:
+        raise DataError(f"the validation subset needs at least one image, got size {size}")
+    table = _load_table(data, label_names, "unknown")
+    transform = eval_transform(model.preprocessing)
+    items = []
+    for index in _subset(len(table), size, seed):
+        inputs = {"images": transform(load_rgb(table.image_path(index))).unsqueeze(0).numpy()}
+        if model.takes_label_states:
+            inputs["label_states"] = np.full((1, len(label_names)), -1.0, dtype=np.float32)
+        items.append((inputs, table.targets[index]))
+    return items
+
+
+def validation_map(graph, items: list[tuple[dict[str, np.ndarray], np.ndarray]],
+                   batch_size: int = 64) -> float:
+    """mAP in points (0-100) of ``graph`` on ``items``: an ``openvino.CompiledModel`` (what NNCF
+    hands its validation function on OpenVINO), an ``openvino.Model`` (compiled in f32) or an
+    ``onnx.ModelProto``. A subset where no label has a positive scores 0."""
+    run = _runner(graph)
+    scores, targets = [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        feeds = {name: np.concatenate([inputs[name] for inputs, _ in chunk])
+                 for name in chunk[0][0]}
+        scores.append(np.asarray(run(feeds), dtype=np.float64))
+        targets.append(np.stack([t for _, t in chunk]))
+    value = mean_average_precision(np.concatenate(scores), np.concatenate(targets)).map
+    return 0.0 if np.isnan(value) else 100 * value
+
+
+def _runner(graph):
+    module = type(graph).__module__
+    if module.startswith("onnx"):
+        import onnxruntime as ort
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        return lambda feeds: session.run(["probabilities"], feeds)[0]
+    if not hasattr(graph, "create_infer_request"):  # an openvino.Model: compile it, in f32
+        from mlic.export.openvino import compile_openvino
+        graph = compile_openvino(graph, "f32")
+    output = graph.output("probabilities")
+    return lambda feeds: graph(feeds)[output]
+
+
 def nncf_model_type(model: MultiLabelClassifier):
     import nncf
     attention = any(isinstance(m, nn.MultiheadAttention) for m in model.head.modules())
@@ -78,15 +176,42 @@ def nncf_model_type(model: MultiLabelClassifier):
 
 
 def quantize(graph, samples: list[dict[str, np.ndarray]], model: MultiLabelClassifier,
-             overflow_fix: str = "all"):
-    """INT8 copy of an ``onnx.ModelProto`` or an ``openvino.Model`` (NNCF picks the backend)."""
+             overflow_fix: str = "auto", validation: list | None = None,
+             max_drop: float | None = None):
+    """INT8 copy of an ``onnx.ModelProto`` or an ``openvino.Model`` (NNCF picks the backend).
+
+    With ``validation`` (labelled items from ``validation_inputs``) and ``max_drop`` (mAP points),
+    NNCF's accuracy control quantizes, measures the validation mAP, and returns to floating point
+    the quantizers whose removal recovers the most mAP, group by group, until the INT8 model is
+    within ``max_drop`` of the FP32 one (or nothing is left to revert)."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
-    if overflow_fix not in OVERFLOW_FIX:
-        raise ConfigError(f"overflow fix must be one of {', '.join(OVERFLOW_FIX)}, got {overflow_fix!r}")
+    from nncf.quantization.advanced_parameters import (AdvancedAccuracyRestorerParameters,
+                                                       AdvancedQuantizationParameters, OverflowFix)
+    overflow_fix = resolve_overflow_fix(overflow_fix)
     fix = {"all": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER,
            "none": OverflowFix.DISABLE}[overflow_fix]
     is_onnx = type(graph).__module__.startswith("onnx")
-    return nncf.quantize(graph, nncf.Dataset(samples), subset_size=len(samples),
-                         model_type=nncf_model_type(model), fast_bias_correction=is_onnx,
-                         advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix))
+    options = dict(subset_size=len(samples), model_type=nncf_model_type(model),
+                   fast_bias_correction=is_onnx)
+    advanced = AdvancedQuantizationParameters(overflow_fix=fix)
+    if max_drop is None:
+        return nncf.quantize(graph, nncf.Dataset(samples), advanced_parameters=advanced, **options)
+    if not validation:
+        raise ConfigError("accuracy-controlled INT8 (max_drop) needs labelled validation images")
+    if max_drop < 0:
+        raise ConfigError(f"max_drop is in mAP points and cannot be negative, got {max_drop}")
+    return nncf.quantize_with_accuracy_control(
+        graph, nncf.Dataset(samples), nncf.Dataset(validation),
+        lambda compiled, items: (validation_map(compiled, list(items)), None),
+        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+        advanced_quantization_parameters=advanced,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            ranking_subset_size=min(300, len(validation))), **options)
+
+
+def count_quantizers(graph) -> int:
+    """Quantize operations left in an INT8 graph (ONNX QuantizeLinear, OpenVINO FakeQuantize): what
+    accuracy control kept, against what it returned to floating point."""
+    if type(graph).__module__.startswith("onnx"):
+        return sum(node.op_type == "QuantizeLinear" for node in graph.graph.node)
+    return sum(op.get_type_name() == "FakeQuantize" for op in graph.get_ops())

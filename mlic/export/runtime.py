@@ -11,7 +11,9 @@ OpenVINO) or an exported ``.xml`` (OpenVINO).
 from __future__ import annotations
 
 import importlib.util
+import platform
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,11 @@ from mlic.errors import ConfigError
 from mlic.export.metadata import read_onnx_metadata, read_openvino_metadata
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+class Int8WeightsMaySaturate(UserWarning):
+    """An INT8 model with 8-bit weights runs on an x86 CPU without VNNI or AMX, where int8 dot
+    products add pairs into a saturating int16, so its scores drift from the calibrated model's."""
 
 
 def require(module: str) -> None:
@@ -101,6 +108,15 @@ def _feeds(runtime, images: np.ndarray, label_states: np.ndarray | None) -> dict
     return feeds
 
 
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The mlic metadata of an exported .onnx or .xml, without compiling it."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return read_onnx_metadata(path)
+    from mlic.export.openvino import core
+    return read_openvino_metadata(core().read_model(str(path)), path)
+
+
 def load_runtime(path: str | Path, backend: str | None = None, device: str = "cpu",
                  tag: str = "best", precision: str | None = None, threads: int | None = None
                  ) -> tuple[Any, dict[str, Any]]:
@@ -144,6 +160,20 @@ def load_runtime(path: str | Path, backend: str | None = None, device: str = "cp
         runtime = OpenVinoRuntime(model, precision, threads)
     runtime.num_classes = len(metadata["label_names"])
     runtime.weights = metadata.get("export", {}).get("precision", "fp32")  # fp32 or int8
+    _warn_if_int8_may_saturate(metadata, path)
     return runtime, metadata
+
+
+def _warn_if_int8_may_saturate(metadata: dict[str, Any], path: Path) -> None:
+    calibration = metadata.get("export", {}).get("calibration") or {}
+    if calibration.get("overflow_fix", "all") == "all":
+        return
+    from mlic.export.quantize import cpu_has_vnni
+    if platform.machine().lower() in ("x86_64", "amd64", "i686") and not cpu_has_vnni():
+        warnings.warn(
+            f"{path.name} has 8-bit INT8 weights (overflow fix {calibration['overflow_fix']!r}), "
+            f"exact only on CPUs with VNNI or AMX; this CPU has neither, so its scores will drift "
+            f"(the emoji model lost 3.8 mAP points this way). Re-export for this CPU with "
+            f"--overflow-fix all", Int8WeightsMaySaturate, stacklevel=3)
 
 
