@@ -275,6 +275,7 @@ def test_int8_calibrated_on_the_training_split(trained_run, colour_dataset, fmt,
     from mlic.export.quantize import cpu_has_vnni
     assert meta["export"]["calibration"]["overflow_fix"] == ("first_layer" if cpu_has_vnni() else "all")
     assert meta["export"]["calibration"]["exported_on_vnni_cpu"] == cpu_has_vnni()
+    assert meta["export"]["calibration"]["bias_correction"] == "full"
     if fmt == "onnx":
         assert "QuantizeLinear" in graph_ops(path)
     else:
@@ -330,16 +331,15 @@ def test_overflow_fix_auto_follows_the_cpu(monkeypatch, has_vnni, expected) -> N
 
 def test_cpu_has_vnni_reads_the_cpu_flags(monkeypatch, tmp_path) -> None:
     from mlic.export import quantize
-    real_open = open
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(quantize, "CPUINFO", str(info))
     for flags, expected in [("fpu avx2 avx512f", False), ("fpu avx2 avx512_vnni", True),
                             ("fpu avx_vnni", True), ("fpu amx_int8 amx_tile", True)]:
-        info = tmp_path / "cpuinfo"
-        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
-            info if path == "/proc/cpuinfo" else path, *a, **k))
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
         assert quantize.cpu_has_vnni() is expected
     assert quantize.cpu_flags() == {"fpu", "amx_int8", "amx_tile"}
-    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("none")))
+    info.unlink()
+    assert quantize.cpu_flags() == set()
     assert quantize.cpu_has_vnni() is False  # unreadable: the choice that is exact everywhere
 
 
@@ -428,6 +428,23 @@ def test_int8_accuracy_control_needs_int8_and_validation_images(trained_run, tmp
     (no_val / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="no data.val split; pass --validation-data"):
         export_model(no_val, "onnx", out=tmp_path, int8=True, max_drop=1.0)
+
+
+def test_int8_falls_back_to_fast_bias_correction_when_the_full_one_fails(trained_run, monkeypatch,
+                                                                        tmp_path) -> None:
+    """NNCF 3.4's full bias correction raises KeyError on ONNX EfficientNetV2-S graphs."""
+    nncf = pytest.importorskip("nncf", reason="INT8 export needs nncf (export extra)")
+    real = nncf.quantize
+
+    def failing_full(*args, fast_bias_correction=True, **kwargs):
+        if not fast_bias_correction:
+            raise KeyError("/model/backbone/conv_stem/Conv")
+        return real(*args, fast_bias_correction=fast_bias_correction, **kwargs)
+    monkeypatch.setattr(nncf, "quantize", failing_full)
+    with pytest.warns(UserWarning, match="full bias correction failed .KeyError"):
+        path = export_model(trained_run, "onnx", out=tmp_path, int8=True, calibration_size=8)
+    assert read_metadata(path)["export"]["calibration"]["bias_correction"] == "fast"
+    assert "QuantizeLinear" in graph_ops(path)
 
 
 def test_int8_needs_calibration_images(tmp_path) -> None:

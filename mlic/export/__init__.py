@@ -112,7 +112,8 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
                 from mlic.export.metadata import write_onnx_metadata
                 from mlic.export.quantize import quantize
                 fp32 = onnx.load(str(path))
-                quantized = quantize(fp32, samples, model, overflow_fix, validation, max_drop)
+                quantized, metadata["export"]["calibration"]["bias_correction"] = quantize(
+                    fp32, samples, model, overflow_fix, validation, max_drop)
                 _record_validation(metadata, fp32, quantized, validation)
                 write_onnx_metadata(quantized, metadata)
                 onnx.save(quantized, str(path))
@@ -121,7 +122,8 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
         graph = convert_onnx(onnx_path)
         if samples:
             from mlic.export.quantize import quantize
-            quantized = quantize(graph, samples, model, overflow_fix, validation, max_drop)
+            quantized, metadata["export"]["calibration"]["bias_correction"] = quantize(
+                graph, samples, model, overflow_fix, validation, max_drop)
             _record_validation(metadata, graph, quantized, validation)
             graph = quantized
         return save_openvino(graph, metadata, path)
