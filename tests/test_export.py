@@ -430,6 +430,24 @@ def test_int8_accuracy_control_needs_int8_and_validation_images(trained_run, tmp
         export_model(no_val, "onnx", out=tmp_path, int8=True, max_drop=1.0)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+@pytest.mark.parametrize("case", ["ml_decoder_cosine", "label_graph", "query2label", "ctran"])
+def test_int8_export_of_every_kind_of_head(head_runs, colour_dataset, case, fmt, tmp_path) -> None:
+    """Attention heads (NNCF's transformer mode), the folded label graph and C-Tran's label states
+    quantize and run; the bias correction used is recorded (the full one fails on C-Tran ONNX)."""
+    pytest.importorskip("nncf", reason="INT8 export needs nncf (export extra)")
+    if case not in HEAD_CASES:
+        pytest.skip(f"no {case} head in this checkout")
+    path = export_model(head_runs[case], fmt, out=tmp_path, int8=True, calibration_size=8,
+                        calibration_data=str(colour_dataset["train"]))
+    assert read_metadata(path)["export"]["calibration"]["bias_correction"] in ("full", "fast")
+    images = sorted((colour_dataset["root"] / "test_images").glob("*.png"))[:4]
+    int8 = Predictor.load(path, precision="f32").scores(images)
+    fp32 = Predictor.load(head_runs[case]).scores(images)
+    assert int8.shape == fp32.shape and np.isfinite(int8).all()
+    assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.9
+
+
 def test_int8_falls_back_to_fast_bias_correction_when_the_full_one_fails(trained_run, monkeypatch,
                                                                         tmp_path) -> None:
     """NNCF 3.4's full bias correction raises KeyError on ONNX EfficientNetV2-S graphs."""
