@@ -328,7 +328,9 @@ def report(speed_results: dict, accuracy_results: dict, machine: dict, args) -> 
         f"Load average (1 min) {machine['load_before']:.1f} before, {machine['load_after']:.1f} after "
         f"(the benchmark itself loads both cores); backends are timed interleaved, round after "
         f"round, so a change in machine load affects all of them alike. "
-        f"{machine['seconds']} s in all.",
+        f"{machine['seconds']} s in all"
+        + (" (the accuracy part; the speed part is kept from the previous run, `--skip-speed`)."
+           if args.skip_speed else "."),
         "",
         "INT8: NNCF post-training quantization (`mlic export --int8`); an INT8 row's default "
         "precision is what OpenVINO computes the layers that stay in floating point in. Latency: "

@@ -465,6 +465,19 @@ def test_int8_falls_back_to_fast_bias_correction_when_the_full_one_fails(trained
     assert "QuantizeLinear" in graph_ops(path)
 
 
+def test_nncf_calls_share_the_one_openvino_core() -> None:
+    """A released OpenVINO Core can leave the signal stack on freed memory (docs/robustness.md):
+    while NNCF runs, openvino.Core() and openvino.compile_model use mlic's one Core."""
+    from mlic.export.openvino import one_core
+    real = ov.Core
+    with one_core() as shared:
+        assert ov.Core() is shared is core()
+        model = ov.Model([ov.opset13.relu(p := ov.opset13.parameter([1, 2], ov.Type.f32))], [p])
+        assert np.array_equal(ov.compile_model(model, "CPU")(np.array([[-1.0, 2.0]], np.float32))[0],
+                              [[0.0, 2.0]])
+    assert ov.Core is real
+
+
 def test_int8_needs_calibration_images(tmp_path) -> None:
     model = mlic.create_model(TINY_BACKBONE, 2, image_size=32).eval()
     save_model(tmp_path / "ckpt", "best", model.state_dict(), model_metadata(model, ["a", "b"]))

@@ -10,6 +10,8 @@ CPUs that support it (AVX512-BF16 or AMX) and in float32 elsewhere; ``INFERENCE_
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,26 @@ def core():
     at freed memory, so that a later Ctrl-C crashes the interpreter (seen with 2026.4)."""
     import openvino as ov
     return ov.Core()
+
+
+@contextlib.contextmanager
+def one_core():
+    """Within it, ``openvino.Core()`` and ``openvino.compile_model`` use the process's one Core:
+    NNCF makes Cores of its own (statistics, bias correction, accuracy control), and each one
+    released is another chance of the freed signal stack of ``core()``'s docstring."""
+    if importlib.util.find_spec("openvino") is None:  # ONNX alone: NNCF makes no Core either
+        yield None
+        return
+    import openvino as ov
+    shared = core()
+    real_core, real_compile = ov.Core, ov.compile_model
+    ov.Core = lambda *args, **kwargs: shared
+    ov.compile_model = lambda model, device_name=None, config=None, **kwargs: \
+        shared.compile_model(model, device_name or "CPU", config or {})
+    try:
+        yield shared
+    finally:
+        ov.Core, ov.compile_model = real_core, real_compile
 
 
 def convert_onnx(onnx_path: str | Path):

@@ -218,15 +218,19 @@ def quantize(graph, samples: list[dict[str, np.ndarray]], model: MultiLabelClass
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                 ranking_subset_size=min(300, len(validation))), **options)
 
+    from mlic.export.openvino import one_core
     try:
-        return run(fast_bias_correction=False), "full"
+        with one_core():
+            return run(fast_bias_correction=False), "full"
     except Exception as e:  # noqa: BLE001 (NNCF fails in many ways; a real error recurs below)
         # NNCF 3.4's full bias correction fails on some ONNX graphs: EfficientNetV2-S (a KeyError
         # on the stem convolution), C-Tran (onnxruntime refuses a sub-graph that defines
         # label_states twice). The fast one works on both.
         warnings.warn(f"NNCF's full bias correction failed ({type(e).__name__}: {e}); "
                       f"using its fast bias correction", stacklevel=2)
-        return run(fast_bias_correction=True), "fast"
+        with one_core():
+            return run(fast_bias_correction=True), "fast"
+
 
 def count_quantizers(graph) -> int:
     """Quantize operations left in an INT8 graph (ONNX QuantizeLinear, OpenVINO FakeQuantize): what
