@@ -60,9 +60,9 @@ SPEED_MODELS = [  # (name, backbone, head, head params, size)
 ]
 # (label, backend, exported format or None for eager, INT8 export options or None for FP32,
 #  OpenVINO precision hint)
-AUTO = {"int8": True}
-SEVEN_BIT = {"int8": True, "overflow_fix": "all"}
-CONTROLLED = {"int8": True, "max_drop": 1.0}  # accuracy control on the validation split
+AUTO = {}  # INT8 with mlic's defaults
+SEVEN_BIT = {"overflow_fix": "all"}
+CONTROLLED = {"max_drop": 1.0}  # accuracy control on the validation split
 VARIANTS = [("torch eager FP32", "torch", None, None, None),
             ("onnxruntime FP32", "onnxruntime", "onnx", None, None),
             ("onnxruntime INT8", "onnxruntime", "onnx", AUTO, None),
@@ -119,19 +119,16 @@ def runtimes_for(checkpoint: Path, workdir: Path, calibration, calibration_size:
     """Every variant of one checkpoint: label -> (runtime, seconds to export)."""
     out = {}
     files: dict[tuple[str, str], tuple[Path, float]] = {}
-    for label, backend, fmt, int8, hint in variants:
+    for label, backend, fmt, quantization, hint in variants:
         if fmt is None:
             out[label] = (load_runtime(checkpoint, "torch")[0], 0.0)
             continue
-        key = (fmt, json.dumps(int8, sort_keys=True))
+        key = (fmt, json.dumps(quantization, sort_keys=True))
         if key not in files:
             start = time.perf_counter()
-            options = dict(int8 or {})
-            options.pop("int8", None)
-            folder = workdir / f"{fmt}_{len(files)}"
-            path = export_model(checkpoint, fmt, out=folder, int8=int8 is not None,
-                                calibration_data=calibration, calibration_size=calibration_size,
-                                **options)
+            path = export_model(checkpoint, fmt, out=workdir / f"{fmt}_{len(files)}",
+                                int8=quantization is not None, calibration_data=calibration,
+                                calibration_size=calibration_size, **(quantization or {}))
             files[key] = (path, time.perf_counter() - start)
         path, seconds = files[key]
         runtime, metadata = load_runtime(path, backend, precision=hint)

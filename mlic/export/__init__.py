@@ -70,13 +70,13 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {format!r}")
     overflow_fix = resolve_overflow_fix(overflow_fix)
+    if max_drop is not None and not int8:
+        raise ConfigError("max_drop (--max-drop) controls the accuracy of INT8: add int8 (--int8)")
     from mlic.export.runtime import require
     for package in ["onnx", *(["openvino"] if format == "openvino" else []), *(["nncf"] if int8 else [])]:
         require(package)
     path = _output_path(source, tag, format, out, int8)
     model, checkpoint_meta = load_model(source, tag)
-    if max_drop is not None and not int8:
-        raise ConfigError("max_drop (--max-drop) controls the accuracy of INT8: add int8 (--int8)")
     samples = validation = None
     calibration: dict[str, Any] = {}
     if int8:
