@@ -88,10 +88,9 @@ def validation_split(emoji: Path, seed: int = 0) -> tuple[Path, Path]:
     header, *rows = (emoji / "style_train.csv").read_text(encoding="utf-8").splitlines()
     held = set(np.random.default_rng(seed).choice(len(rows), int(VALIDATION_FRACTION * len(rows)),
                                                  replace=False).tolist())
-    fit.write_text("\n".join([header] + [r for k, r in enumerate(rows) if k not in held]) + "\n",
-                   encoding="utf-8")
-    val.write_text("\n".join([header] + [r for k, r in enumerate(rows) if k in held]) + "\n",
-                   encoding="utf-8")
+    for path, keep in ((fit, False), (val, True)):
+        kept = [r for k, r in enumerate(rows) if (k in held) == keep]
+        path.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
     return fit, val
 
 

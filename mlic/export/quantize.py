@@ -18,8 +18,8 @@ exported it; the choice is in the metadata, and loading an 8-bit-weight model on
 without VNNI warns (``Int8WeightsMaySaturate``). Measured on the emoji Lite0 model: on an AVX2 CPU,
 8-bit weights after the first layer lost 3.82 mAP points, 7-bit weights everywhere 1.72, no fix at
 all 39.8; on an AVX512-VNNI CPU, 8-bit weights lost 0.81 and 7-bit 1.66-2.13 (three calibration
-subsets), and on a second trained model 0.27 and 0.42. onnxruntime's u8s8 kernels on AVX2 saturate the same way (its own quantizer calls the
-remedy ``reduce_range``).
+subsets), and on a second trained model 0.27 and 0.42. onnxruntime's u8s8 kernels on AVX2
+saturate the same way (its own quantizer calls the remedy ``reduce_range``).
 
 NNCF's full bias correction is used rather than its fast one, which cost the ONNX INT8 emoji Lite0
 model 2.99 mAP points against 0.15 with the full one (the same on onnxruntime and on OpenVINO
@@ -33,7 +33,7 @@ calibration images instead of 300.
 
 Accuracy control (``max_drop``): NNCF's ``quantize_with_accuracy_control`` with the mAP (points) on
 a labelled validation split as its metric. It ranks the quantizers by how much mAP their removal
-restores on a subset (300 images) and returns them to floating point, group by group, until the
+restores on a subset (``RANKING_SUBSET_SIZE`` images) and returns them to floating point, group by group, until the
 drop is within ``max_drop``. The validation split must not be the test split, or the test score
 is optimistic; the training split does not work either (the emoji model's training mAP is 96
 and INT8 costs it 0.25 points there, against about 2 on held-out drawings).
@@ -57,6 +57,7 @@ from mlic.models import MultiLabelClassifier
 
 DEFAULT_CALIBRATION_SIZE = 300  # NNCF's default subset size
 DEFAULT_VALIDATION_SIZE = 500  # images the accuracy control measures mAP on
+RANKING_SUBSET_SIZE = 300  # validation images accuracy control ranks quantizers on (NNCF's default)
 OVERFLOW_FIX = ("auto", "all", "first_layer", "none")  # layers whose weights get 7 bits, not 8
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo: int8 dot products, exact
 CPUINFO = "/proc/cpuinfo"
@@ -95,6 +96,15 @@ def _load_table(data: str | Mapping[str, Any], label_names: list[str], missing: 
     return table
 
 
+def _image_input(table, index: int, transform) -> np.ndarray:
+    """One image as the exported graph's ``images`` input, (1, 3, S, S) float32."""
+    return transform(load_rgb(table.image_path(index))).unsqueeze(0).numpy()
+
+
+def _is_onnx(graph) -> bool:
+    return type(graph).__module__.startswith("onnx")
+
+
 def _subset(n: int, size: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(size, n), replace=False))
@@ -116,7 +126,7 @@ def calibration_inputs(data: str | Mapping[str, Any], model: MultiLabelClassifie
         states = reveal(targets, revealed)[0].numpy().astype(np.float32)
     samples = []
     for k, index in enumerate(indices):
-        sample = {"images": transform(load_rgb(table.image_path(index))).unsqueeze(0).numpy()}
+        sample = {"images": _image_input(table, index, transform)}
         if states is not None:
             sample["label_states"] = states[k:k + 1]
         samples.append(sample)
@@ -136,7 +146,7 @@ def validation_inputs(data: str | Mapping[str, Any], model: MultiLabelClassifier
     transform = eval_transform(model.preprocessing)
     items = []
     for index in _subset(len(table), size, seed):
-        inputs = {"images": transform(load_rgb(table.image_path(index))).unsqueeze(0).numpy()}
+        inputs = {"images": _image_input(table, index, transform)}
         if model.takes_label_states:
             inputs["label_states"] = np.full((1, len(label_names)), -1.0, dtype=np.float32)
         items.append((inputs, table.targets[index]))
@@ -161,8 +171,7 @@ def validation_map(graph, items: list[tuple[dict[str, np.ndarray], np.ndarray]],
 
 
 def _runner(graph):
-    module = type(graph).__module__
-    if module.startswith("onnx"):
+    if _is_onnx(graph):
         import onnxruntime as ort
         session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         return lambda feeds: session.run(["probabilities"], feeds)[0]
@@ -216,7 +225,7 @@ def quantize(graph, samples: list[dict[str, np.ndarray]], model: MultiLabelClass
             fast_bias_correction=fast_bias_correction,
             advanced_quantization_parameters=advanced,
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                ranking_subset_size=min(300, len(validation))), **options)
+                ranking_subset_size=min(RANKING_SUBSET_SIZE, len(validation))), **options)
 
     from mlic.export.openvino import one_core
     try:
@@ -235,6 +244,6 @@ def quantize(graph, samples: list[dict[str, np.ndarray]], model: MultiLabelClass
 def count_quantizers(graph) -> int:
     """Quantize operations left in an INT8 graph (ONNX QuantizeLinear, OpenVINO FakeQuantize): what
     accuracy control kept, against what it returned to floating point."""
-    if type(graph).__module__.startswith("onnx"):
+    if _is_onnx(graph):
         return sum(node.op_type == "QuantizeLinear" for node in graph.graph.node)
     return sum(op.get_type_name() == "FakeQuantize" for op in graph.get_ops())
