@@ -421,6 +421,8 @@ def test_int8_accuracy_control_reverts_layers_until_within_max_drop(trained_run,
 def test_int8_accuracy_control_needs_int8_and_validation_images(trained_run, tmp_path) -> None:
     with pytest.raises(ConfigError, match="--int8"):
         export_model(trained_run, "onnx", out=tmp_path, max_drop=1.0)
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        export_model(trained_run, "onnx", out=tmp_path, int8=True, max_drop=-1.0)
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     no_val = tmp_path / "run_without_val"
     shutil.copytree(trained_run / "checkpoints", no_val / "checkpoints")

@@ -72,6 +72,8 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
     overflow_fix = resolve_overflow_fix(overflow_fix)
     if max_drop is not None and not int8:
         raise ConfigError("max_drop (--max-drop) controls the accuracy of INT8: add int8 (--int8)")
+    if max_drop is not None and max_drop < 0:
+        raise ConfigError(f"max_drop is in mAP points and cannot be negative, got {max_drop}")
     from mlic.export.runtime import require
     for package in ["onnx", *(["openvino"] if format == "openvino" else []), *(["nncf"] if int8 else [])]:
         require(package)

@@ -208,11 +208,8 @@ def quantize(graph, samples: list[dict[str, np.ndarray]], model: MultiLabelClass
            "none": OverflowFix.DISABLE}[overflow_fix]
     options = dict(subset_size=len(samples), model_type=nncf_model_type(model))
     advanced = AdvancedQuantizationParameters(overflow_fix=fix)
-    if max_drop is not None:
-        if not validation:
-            raise ConfigError("accuracy-controlled INT8 (max_drop) needs labelled validation images")
-        if max_drop < 0:
-            raise ConfigError(f"max_drop is in mAP points and cannot be negative, got {max_drop}")
+    if max_drop is not None and not validation:
+        raise ConfigError("accuracy-controlled INT8 (max_drop) needs labelled validation images")
 
     def run(fast_bias_correction: bool):
         if max_drop is None:
