@@ -76,7 +76,8 @@ ACCURACY_VARIANTS = VARIANTS + [
     ("OpenVINO INT8, accuracy control (max drop 1)", "openvino", "openvino", CONTROLLED, None),
     ("onnxruntime INT8, accuracy control (max drop 1)", "onnxruntime", "onnx", CONTROLLED, None)]
 TRAIN_EPOCHS = 4  # the accuracy models: the demo recipe, shortened
-# C-Tran at Lite0's full width (1280) trains about 10x slower; 256 is benchmarks/ctran.py's width.
+# C-Tran at Lite0's full width (1280) did not finish one epoch in 14 minutes here (2.5 minutes an
+# epoch at 256, benchmarks/ctran.py's width).
 HEAD_OVERRIDES = {"ctran": ["model.head_params.hidden_dim=256"]}
 VALIDATION_FRACTION = 0.15  # of the training drawings, held out for selection and accuracy control
 

@@ -17,8 +17,9 @@ CPU with VNNI or AMX and "all" elsewhere, so the model is exact on CPUs like the
 exported it; the choice is in the metadata, and loading an 8-bit-weight model on an x86 CPU
 without VNNI warns (``Int8WeightsMaySaturate``). Measured on the emoji Lite0 model: on an AVX2 CPU,
 8-bit weights after the first layer lost 3.82 mAP points, 7-bit weights everywhere 1.72, no fix at
-all 39.8; on an AVX512-VNNI CPU, 8-bit weights lost 0.81 and 7-bit 1.66-2.13 (three calibration
-subsets), and on a second trained model 0.27 and 0.42. onnxruntime's u8s8 kernels on AVX2
+all 39.8; on an AVX512-VNNI CPU, 8-bit weights lost 0.27 and 7-bit 0.42
+(benchmarks/results/inference.md; a diagnostic run on an earlier model, not kept: 0.81 and
+1.66-2.13 over three calibration subsets). onnxruntime's u8s8 kernels on AVX2
 saturate the same way (its own quantizer calls the remedy ``reduce_range``).
 
 NNCF's full bias correction is used rather than its fast one, which cost the ONNX INT8 emoji Lite0
