@@ -23,7 +23,7 @@ all 39.8; on an AVX512-VNNI CPU, 8-bit weights lost 0.27 and 7-bit 0.42
 saturate the same way (its own quantizer calls the remedy ``reduce_range``).
 
 NNCF's full bias correction is used rather than its fast one, which cost the ONNX INT8 emoji Lite0
-model 2.99 mAP points against 0.15 with the full one (the same on onnxruntime and on OpenVINO
+model 2.99 mAP points against 0.16 with the full one (the same on onnxruntime and on OpenVINO
 running that file; OpenVINO IR, before the overflow fix: 3.82 against 5.9). NNCF 3.4's full
 bias correction fails on ONNX EfficientNetV2-S graphs (KeyError on the stem convolution); there
 mlic warns and falls back to the fast one, and the metadata says which was used
