@@ -187,8 +187,9 @@ def accuracy(run: Path, emoji: Path, workdir: Path, rounds: int, batch: int) -> 
     runtimes = runtimes_for(run, workdir, None, 300, ACCURACY_VARIANTS)
     results = speed(runtimes, images.shape[-1], rounds, batch)
     for label, (runtime, _) in runtimes.items():
-        scores = np.concatenate([runtime(images[i:i + 64]) for i in range(0, len(images), 64)])
-        results[label]["mAP"] = 100 * mean_average_precision(scores, targets).map
+        logits = np.concatenate([runtime(images[i:i + 64], output="logits")
+                                 for i in range(0, len(images), 64)])
+        results[label]["mAP"] = 100 * mean_average_precision(logits, targets).map
         results[label]["calibration"] = getattr(runtime, "calibration", {})
     return {"head": meta["model"]["head"], "size": int(images.shape[-1]), "results": results}
 

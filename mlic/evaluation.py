@@ -67,13 +67,14 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
     states = None
     if known_fraction > 0:
         states = evaluation_label_states(table.paths, table.targets, known_fraction)
-    scores, targets = predict_scores(model, loader, dev, desc=f"eval {name}", progress=progress,
-                                     label_states=states)
+    scores = predict_scores(model, loader, dev, desc=f"eval {name}", progress=progress,
+                            label_states=states)
+    targets = scores.targets
     if states is not None:
         targets = unknown_only(targets, states)
         name = f"{name}_known{round(100 * known_fraction)}"
-    report = metrics_report(scores, targets, meta["label_names"], float(thresholds), empty_classes,
-                            tuned_thresholds=tuned)
+    report = metrics_report(scores.probabilities, targets, meta["label_names"], float(thresholds),
+                            empty_classes, tuned_thresholds=tuned, ranking=scores.logits)
     report["split"], report["source"] = name, table.source
     report["known_fraction"] = float(known_fraction)
     report["uses_known_labels"] = bool(model.takes_label_states)

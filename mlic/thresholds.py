@@ -46,7 +46,9 @@ def tune_run_thresholds(run: str | Path, split: str = "train",
     dev = resolve_device(device)
     model.to(dev)
     loader = make_loader(table, eval_transform(model.preprocessing), batch_size, num_workers, False)
-    scores, targets = predict_scores(model, loader, dev, desc=f"scores on {split}", progress=progress)
+    # The probabilities: thresholds apply to them (the logits only rank, for mAP).
+    scores, _, targets = predict_scores(model, loader, dev, desc=f"scores on {split}",
+                                        progress=progress)
     thresholds = tune_thresholds(scores, targets, default=0.5)
     before = threshold_metrics(scores, targets, 0.5)
     after = threshold_metrics(scores, targets, thresholds)

@@ -366,9 +366,10 @@ def test_8_bit_int8_weights_warn_on_a_cpu_without_vnni(trained_run, monkeypatch,
 
 def test_validation_map_equals_the_metric_on_torch_scores(trained_run, colour_dataset,
                                                            tmp_path) -> None:
-    """The accuracy control's metric is mAP in points, the same as mlic.metrics on the same images."""
+    """The accuracy control's metric is mAP in points, the same as mlic.metrics on the same images'
+    logits; an export without logits is ranked on its probabilities."""
     from mlic.engine.checkpoint import load_model
-    from mlic.export.quantize import validation_inputs, validation_map
+    from mlic.export.quantize import _runner, validation_inputs, validation_map
     from mlic.export.runtime import TorchRuntime
     from mlic.metrics import mean_average_precision
     model, meta = load_model(trained_run)
@@ -376,11 +377,17 @@ def test_validation_map_equals_the_metric_on_torch_scores(trained_run, colour_da
     assert len(items) == 20
     runtime = TorchRuntime(model)
     images = np.concatenate([inputs["images"] for inputs, _ in items])
-    expected = 100 * mean_average_precision(runtime(images), np.stack([t for _, t in items])).map
+    targets = np.stack([t for _, t in items])
+    expected = 100 * mean_average_precision(runtime(images, output="logits"), targets).map
     onnx_path = export_model(trained_run, "onnx", out=tmp_path)
     assert validation_map(onnx.load(str(onnx_path)), items) == pytest.approx(expected, abs=1e-3)
     assert validation_map(core().read_model(str(onnx_path)), items, batch_size=7) == \
         pytest.approx(expected, abs=1e-3)
+    bare_path = export_model(trained_run, "onnx", out=tmp_path / "bare", logits=False)
+    for path, output in ((onnx_path, "logits"), (bare_path, "probabilities")):
+        for graph in (onnx.load(str(path)), core().read_model(str(path))):
+            np.testing.assert_allclose(_runner(graph)({"images": images}),
+                                       runtime(images, output=output), atol=1e-4)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])

@@ -2,11 +2,15 @@
 
 Scores are gathered for the whole split before any metric is computed: mAP is a ranking over all
 images, and an average of per-batch (or per-rank) mAPs is a different, wrong number.
+
+mAP ranks the logits, in float64: a float32 sigmoid is exactly 1.0 for every logit above about 17,
+so ranking probabilities would order a cosine head's (s = 23) most confident images by their index
+in the split. Thresholds apply to the probabilities.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,17 +28,26 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=dtype)
 
 
+class Scores(NamedTuple):
+    """A model's outputs over a split, (N, C) each, in loader order: probabilities for thresholds,
+    logits for ranking (mAP), targets."""
+
+    probabilities: np.ndarray
+    logits: np.ndarray
+    targets: np.ndarray
+
+
 @torch.no_grad()
 def predict_scores(model: MultiLabelClassifier, loader, device: torch.device, amp: bool = False,
                    channels_last: bool = False, desc: str = "eval", progress: bool = True,
-                   label_states: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (N, C) and targets (N, C) over the loader, in loader order.
+                   label_states: np.ndarray | None = None) -> Scores:
+    """Probabilities, logits (both float64) and targets over the loader, in loader order.
 
     ``label_states`` (N, C), in loader order: labels known for each image (1/0, else -1), given to
     models that take them (C-Tran); other models ignore them."""
     was_training = model.training
     model.eval()
-    scores, targets, offset = [], [], 0
+    probabilities, logits, targets, offset = [], [], [], 0
     for images, target in tqdm(loader, desc=desc, leave=False, disable=not progress,
                                mininterval=2.0):
         states = None
@@ -43,29 +56,36 @@ def predict_scores(model: MultiLabelClassifier, loader, device: torch.device, am
                                      device=device)
             offset += len(target)
         with autocast(device, amp):
-            logits = model(batch_to_device(images, device, channels_last), states)
-        scores.append(model.probabilities(logits).cpu().numpy())
+            output = model(batch_to_device(images, device, channels_last), states)
+        probabilities.append(model.probabilities(output).cpu().numpy())
+        logits.append(output.float().cpu().numpy())
         targets.append(target.numpy())
     model.train(was_training)
-    return np.concatenate(scores).astype(np.float64), np.concatenate(targets).astype(np.int8)
+    return Scores(np.concatenate(probabilities).astype(np.float64),
+                  np.concatenate(logits).astype(np.float64),
+                  np.concatenate(targets).astype(np.int8))
 
 
-def metrics_report(scores: np.ndarray, targets: np.ndarray, label_names: list[str],
+def metrics_report(probabilities: np.ndarray, targets: np.ndarray, label_names: list[str],
                    thresholds: float | np.ndarray = 0.5, empty_classes: str = "skip",
-                   tuned_thresholds: np.ndarray | None = None) -> dict[str, Any]:
+                   tuned_thresholds: np.ndarray | None = None,
+                   ranking: np.ndarray | None = None) -> dict[str, Any]:
     """mAP, CP/CR/CF1, OP/OR/OF1 and per-class AP; unknown (-1) targets are left out everywhere.
 
-    With ``tuned_thresholds`` the thresholded metrics are also given at those (the paper's "adapt"
-    columns) under ``report["tuned"]``.
+    mAP ranks ``ranking`` (the logits, unsaturated; default: the probabilities), the thresholded
+    metrics use the probabilities. With ``tuned_thresholds`` those are also given at the tuned
+    thresholds (the paper's "adapt" columns) under ``report["tuned"]``.
     """
-    ap = mean_average_precision(scores, targets, empty=empty_classes)
+    ranking = probabilities if ranking is None else ranking
+    ap = mean_average_precision(ranking, targets, empty=empty_classes)
     report: dict[str, Any] = {"mAP": float(ap.map)}
-    report.update({k: float(v) for k, v in threshold_metrics(scores, targets, thresholds).items()})
+    report.update({k: float(v) for k, v in
+                   threshold_metrics(probabilities, targets, thresholds).items()})
     report["threshold"] = thresholds if np.isscalar(thresholds) else "per-class"
     if tuned_thresholds is not None:
         report["tuned"] = {k: float(v) for k, v in
-                           threshold_metrics(scores, targets, tuned_thresholds).items()}
-    report["num_images"] = int(len(scores))
+                           threshold_metrics(probabilities, targets, tuned_thresholds).items()}
+    report["num_images"] = int(len(probabilities))
     report["empty_classes"] = [label_names[j] for j in ap.empty_classes]
     positives = (targets == 1).sum(axis=0)
     report["per_class"] = [

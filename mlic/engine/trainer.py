@@ -383,15 +383,15 @@ class Trainer:
         return distributed.mean_over_ranks(total / max(count, 1)), skipped
 
     def evaluate(self, model: MultiLabelClassifier, loader, desc: str) -> dict[str, Any]:
-        scores, targets = predict_scores(model, loader, self.device, self.config["train"]["amp"],
-                                         self.channels_last, desc, self.progress)
+        scores = predict_scores(model, loader, self.device, self.config["train"]["amp"],
+                                self.channels_last, desc, self.progress)
         # Under DDP each rank scored its share: the metrics are computed once, over the whole split.
-        scores, targets = distributed.gather_rows(scores), distributed.gather_rows(targets)
+        probabilities, logits, targets = (distributed.gather_rows(a) for a in scores)
         report = None
-        if distributed.is_main():
-            report = metrics_report(scores, targets, self.label_names,
+        if distributed.is_main():  # mAP (model selection, early stopping) ranks the logits
+            report = metrics_report(probabilities, targets, self.label_names,
                                     self.config["eval"]["threshold"],
-                                    self.config["eval"]["empty_classes"])
+                                    self.config["eval"]["empty_classes"], ranking=logits)
         return distributed.broadcast_object(report)
 
     def estimate_lr(self) -> float:

@@ -158,7 +158,9 @@ def validation_map(graph, items: list[tuple[dict[str, np.ndarray], np.ndarray]],
                    batch_size: int = 64) -> float:
     """mAP in points (0-100) of ``graph`` on ``items``: an ``openvino.CompiledModel`` (what NNCF
     hands its validation function on OpenVINO), an ``openvino.Model`` (compiled in f32) or an
-    ``onnx.ModelProto``. A subset where no label has a positive scores 0."""
+    ``onnx.ModelProto``. A subset where no label has a positive scores 0. The logits are ranked
+    where the graph has them (``mlic.engine.evaluate``), else (``--no-logits``) the
+    probabilities."""
     run = _runner(graph)
     scores, targets = [], []
     for start in range(0, len(items), batch_size):
@@ -175,12 +177,17 @@ def _runner(graph):
     if _is_onnx(graph):
         import onnxruntime as ort
         session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-        return lambda feeds: session.run(["probabilities"], feeds)[0]
+        name = _ranked_output({o.name for o in session.get_outputs()})
+        return lambda feeds: session.run([name], feeds)[0]
     if not hasattr(graph, "create_infer_request"):  # an openvino.Model: compile it, in f32
         from mlic.export.openvino import compile_openvino
         graph = compile_openvino(graph, "f32")
-    output = graph.output("probabilities")
+    output = graph.output(_ranked_output({n for o in graph.outputs for n in o.get_names()}))
     return lambda feeds: graph(feeds)[output]
+
+
+def _ranked_output(names: set[str]) -> str:
+    return "logits" if "logits" in names else "probabilities"
 
 
 def nncf_model_type(model: MultiLabelClassifier):

@@ -1,8 +1,10 @@
 """One interface over the three ways to run a model: eager PyTorch, onnxruntime and OpenVINO.
 
 A runtime takes preprocessed ``images`` (B, 3, S, S) float32 and, for heads that use known labels,
-``label_states`` (B, C) float32, and returns probabilities (B, C) as float64 numpy. Together with
-the metadata (label names, thresholds, preprocessing) it is all ``mlic.Predictor`` needs.
+``label_states`` (B, C) float32, and returns probabilities (B, C) as float64 numpy, or with
+``output="logits"`` the logits (what mAP ranks: ``mlic.engine.evaluate``; an export made with
+``--no-logits`` has none). Together with the metadata (label names, thresholds, preprocessing) it
+is all ``mlic.Predictor`` needs.
 
 ``load_runtime`` accepts a run folder or checkpoint (any backend: for onnxruntime and OpenVINO the
 checkpoint is exported to a temporary folder first, FP32), an exported ``.onnx`` (onnxruntime or
@@ -47,10 +49,13 @@ class TorchRuntime:
         self.compute = "f32"
 
     @torch.no_grad()
-    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None,
+                 output: str = "probabilities") -> np.ndarray:
         x = torch.from_numpy(images).to(self.device)
         states = None if label_states is None else torch.from_numpy(label_states).to(self.device)
-        return self.model.probabilities(self.model(x, states)).cpu().numpy().astype(np.float64)
+        logits = self.model(x, states)
+        scores = logits.float() if output == "logits" else self.model.probabilities(logits)
+        return scores.cpu().numpy().astype(np.float64)
 
 
 class OnnxRuntime:
@@ -67,9 +72,9 @@ class OnnxRuntime:
         self.takes_label_states = "label_states" in self.input_names
         self.compute = "f32"
 
-    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None) -> np.ndarray:
-        return self.session.run(["probabilities"], _feeds(self, images, label_states))[0] \
-            .astype(np.float64)
+    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None,
+                 output: str = "probabilities") -> np.ndarray:
+        return self.session.run([output], _feeds(self, images, label_states))[0].astype(np.float64)
 
 
 class OpenVinoRuntime:
@@ -83,13 +88,14 @@ class OpenVinoRuntime:
         self.request = self.compiled.create_infer_request()
         self.input_names = [next(iter(i.get_names())) for i in self.compiled.inputs]
         self.takes_label_states = "label_states" in self.input_names
-        self.output = self.compiled.output("probabilities")
+        self.outputs = {name: o for o in self.compiled.outputs for name in o.get_names()}
         # What the CPU plugin actually computes in (f32, or bf16 by default where the CPU has it).
         self.compute = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
-    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None) -> np.ndarray:
-        return np.array(self.request.infer(_feeds(self, images, label_states))[self.output],
-                        dtype=np.float64)
+    def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None,
+                 output: str = "probabilities") -> np.ndarray:
+        result = self.request.infer(_feeds(self, images, label_states))
+        return np.array(result[self.outputs[output]], dtype=np.float64)
 
 
 def _type_name(element_type) -> str:
