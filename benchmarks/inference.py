@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from mlic.config import load_config
-from mlic.data.emoji import build_emoji_benchmark
+from mlic.data.emoji import build_emoji_benchmark, validation_split
 from mlic.data.formats import load_table
 from mlic.data.images import load_rgb
 from mlic.data.transforms import eval_transform
@@ -82,19 +82,6 @@ HEAD_OVERRIDES = {"ctran": ["model.head_params.hidden_dim=256"]}
 VALIDATION_FRACTION = 0.15  # of the training drawings, held out for selection and accuracy control
 
 
-def validation_split(emoji: Path, seed: int = 0) -> tuple[Path, Path]:
-    """style_train.csv split into bench_fit.csv (trained on) and bench_val.csv (a random 15%: other
-    vendors' drawings of emoji that the fit split also has, like the Twitter test drawings)."""
-    fit, val = emoji / "bench_fit.csv", emoji / "bench_val.csv"
-    header, *rows = (emoji / "style_train.csv").read_text(encoding="utf-8").splitlines()
-    held = set(np.random.default_rng(seed).choice(len(rows), int(VALIDATION_FRACTION * len(rows)),
-                                                 replace=False).tolist())
-    for path, keep in ((fit, False), (val, True)):
-        kept = [r for k, r in enumerate(rows) if (k in held) == keep]
-        path.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
-    return fit, val
-
-
 def train_if_missing(run: Path, emoji: Path) -> None:
     """Train ``run`` (named ``..._<head>``) with the demo recipe unless it holds a checkpoint."""
     if (run / "checkpoints" / "best.json").is_file():
@@ -103,7 +90,7 @@ def train_if_missing(run: Path, emoji: Path) -> None:
         raise SystemExit(f"{run} holds no checkpoints/best.json: remove it to train it anew")
     head = run.name.split("_", 1)[-1]
     print(f"training {run} ({head} head, {TRAIN_EPOCHS} epochs of the demo recipe)", flush=True)
-    fit, val = validation_split(emoji)
+    fit, val = validation_split(emoji, VALIDATION_FRACTION)
     overrides = [f"data.train={fit}", f"data.val={val}", f"data.test={emoji / 'style_test.csv'}",
                  f"data.classes={emoji / 'labels.txt'}", f"output_dir={run.parent}",
                  f"name={run.name}", f"model.head={head}", f"train.epochs={TRAIN_EPOCHS}",

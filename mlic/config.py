@@ -89,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
         # run) or from each process's own (local, no_sync); docs/distributed.md
         "sam_perturbation": "global",
         "double_bias_lr": True,  # biases at 2x lr (the paper's recipe, Caffe style)
+        # lr of the head's parameters relative to the backbone's (ML-GCN trains its graph head at
+        # 10x the backbone's lr); 1 = one lr for all, as the paper's recipe
+        "head_lr_scale": 1.0,
         # Label-mask training for heads that take known labels (C-Tran): reveal up to this share of
         # each image's labels to the model and score the rest; 0 = off. Other heads ignore it.
         "label_mask": 0.75,
@@ -135,7 +138,7 @@ CHOICES = {
 }
 
 POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "eval.batch_size",
-            "train.accumulate", "train.patience",
+            "train.accumulate", "train.patience", "train.head_lr_scale",
             "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every",
             "lr_finder.min_lr", "lr_finder.max_lr", "lr_finder.steps", "lr_finder.n_trials",
             "lr_finder.epochs_per_trial", "lr_finder.smoothing"}
@@ -316,6 +319,14 @@ def check_components(config: Mapping[str, Any]) -> None:
     if key not in LOSSES:
         raise ConfigError(f"'loss.name': unknown loss {name!r}{did_you_mean(key, LOSSES)}; "
                           f"valid losses: {', '.join(sorted(LOSSES))}")
+    if key in ("am", "aam") and head == "ctran" and "cosine" not in head_params:
+        # The default loss is the paper's AAM; C-Tran is trained otherwise. Say so, rather than
+        # silently train a cosine C-Tran with AAM and SAM around SGD.
+        raise ConfigError(
+            f"model.head=ctran with loss.name={key}: C-Tran is trained with BCE on the labels it "
+            f"is not told, with Adam (configs/paper/coco_resnet101_ctran.yaml: loss.name=bce, "
+            f"train.optimizer=adam, train.lr=1e-5, train.sam=false); to train a cosine C-Tran with "
+            f"the angular loss on purpose, set model.head_params.cosine=true")
     accepted = {k: v.default for k, v in inspect.signature(LOSSES[key]).parameters.items()}
     _check_params("loss.params", f"loss {key!r}", params, accepted, {})
     try:  # the loss checks its own ranges (s > 0, margin in [0, 1), ...): build one, cheaply

@@ -6,6 +6,7 @@ recipe but the data (a tiny CSV set), the backbone (a tiny timm model, no weight
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ RECIPES = sorted(str(p) for p in (Path(__file__).parent.parent / "configs").rglo
 def test_recipe_builds_and_steps(recipe, colour_dataset, tmp_path):
     config = load_config(recipe, [
         f"data.train={colour_dataset['train']}", f"data.val={colour_dataset['test']}",
+        "data.test=null", "data.classes=null",
         "data.image_size=32", "data.num_workers=0", f"model.backbone={TINY_BACKBONE}",
         "model.pretrained=false", "train.batch_size=8", f"output_dir={tmp_path}",
         "device=cpu"])
@@ -32,7 +34,7 @@ def test_recipe_builds_and_steps(recipe, colour_dataset, tmp_path):
     trainer = Trainer(config, new_run_dir(tmp_path, "recipe"), progress=False, quiet=True)
     images, targets = next(iter(trainer.train_loader))
     loss, _ = trainer.step(images, targets)
-    assert loss == loss and loss >= 0  # finite, not NaN
+    assert math.isfinite(loss) and loss >= 0
 
 
 # What a recipe means must not move when the defaults (the paper's recipe) change.
@@ -63,6 +65,7 @@ def test_ctran_recipe_is_ctrans_own(colour_dataset, tmp_path):
     recipe = next(r for r in RECIPES if Path(r).stem == "coco_resnet101_ctran")
     config = load_config(recipe, [
         f"data.train={colour_dataset['train']}", f"data.val={colour_dataset['test']}",
+        "data.test=null", "data.classes=null",
         "data.image_size=32", "data.num_workers=0", f"model.backbone={TINY_BACKBONE}",
         "model.pretrained=false", f"output_dir={tmp_path}", "device=cpu"])
     trainer = Trainer(config, new_run_dir(tmp_path, "ctran"), progress=False, quiet=True)
@@ -77,3 +80,14 @@ def test_ctran_recipe_is_ctrans_own(colour_dataset, tmp_path):
     assert {g["lr"] for g in trainer.optimizer.param_groups} == {1e-5}
     assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0}
     assert trainer.loss_fn.reduction == "sum"
+
+
+def test_ctran_with_the_default_angular_loss_is_refused_with_its_recipe_named():
+    """The defaults' AAM + SAM(SGD) is not C-Tran's recipe: one clear message, not a silent run."""
+    from mlic.config import load_config
+    from mlic.errors import ConfigError
+    with pytest.raises(ConfigError, match="coco_resnet101_ctran.yaml"):
+        load_config(None, ["model.head=ctran"])
+    config = load_config(None, ["model.head=ctran", "model.head_params.cosine=true"])
+    assert config["loss"]["name"] == "aam"  # asked for on purpose: allowed
+    assert load_config(None, ["model.head=ctran", "loss.name=bce"])["model"]["head"] == "ctran"

@@ -8,6 +8,8 @@ the Unicode CLDR English keywords of that emoji (``emojibase-data``), kept when 
 
     out_dir/images/<vendor>/<HEXCODE>.png   RGB, drawn on white; HEXCODE upper-case, without FE0F
     out_dir/style_train.csv, style_test.csv  held-out drawing style: test = one vendor
+    out_dir/style_fit.csv, style_val.csv     style_train less a random 15%, and that 15%: a
+                                             validation split for selection and early stopping
     out_dir/emoji_train.csv, emoji_test.csv  held-out emoji, grouped by first code point
     out_dir/labels.txt                       label names, one a line (``classes=`` of the CSV loader)
     out_dir/info.json                        versions, parameters, counts; written last
@@ -154,6 +156,8 @@ def build_emoji_benchmark(out_dir: str | Path, min_emoji_per_label: int = 10,
               "test_vendor": test_vendor, "seed": seed, "packages": packages}
     info = _cached(out, params)
     if info is not None:
+        if not (out / "style_val.csv").is_file():  # built before the validation split existed
+            validation_split(out, seed=seed)
         print(f"emoji benchmark: cached in {out}")
         return info
 
@@ -203,6 +207,7 @@ def build_emoji_benchmark(out_dir: str | Path, min_emoji_per_label: int = 10,
     bar.close()
     for split, split_rows in rows.items():
         save_csv(_table(split_rows, labels), out / f"{split}.csv", classes_path=out / "labels.txt")
+    validation_split(out, seed=seed)
 
     n_images = len(rows["style_train"]) + len(rows["style_test"])  # each image once
     info = {
@@ -222,3 +227,19 @@ def build_emoji_benchmark(out_dir: str | Path, min_emoji_per_label: int = 10,
     tmp.write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out / "info.json")
     return info
+
+
+def validation_split(out_dir: str | Path, fraction: float = 0.15, seed: int = 0
+                     ) -> tuple[Path, Path]:
+    """style_train.csv split into style_fit.csv (trained on) and style_val.csv (a random
+    ``fraction``): other vendors' drawings of emoji that the fit split also has, as the Twitter
+    test drawings are, so model selection and early stopping see the test's kind of shift."""
+    out = Path(out_dir)
+    fit, val = out / "style_fit.csv", out / "style_val.csv"
+    header, *rows = (out / "style_train.csv").read_text(encoding="utf-8").splitlines()
+    held = set(np.random.default_rng(seed).choice(len(rows), int(fraction * len(rows)),
+                                                 replace=False).tolist())
+    for path, keep in ((fit, False), (val, True)):
+        kept = [r for k, r in enumerate(rows) if (k in held) == keep]
+        path.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+    return fit, val

@@ -29,6 +29,24 @@ def parameter_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool 
     return groups
 
 
+def split_head_groups(model: nn.Module, groups: list[dict[str, Any]], head_lr_scale: float
+                      ) -> list[dict[str, Any]]:
+    """Each group split into its backbone and head parameters (names under ``head.``), the head's
+    ``lr_scale`` multiplied by ``head_lr_scale``; unchanged when it is 1 or the model has no head."""
+    head = {id(p) for name, p in model.named_parameters() if name.startswith("head.")}
+    if head_lr_scale == 1.0 or not head:
+        return groups
+    split = []
+    for group in groups:
+        for part, params in (("", [p for p in group["params"] if id(p) not in head]),
+                             ("head_", [p for p in group["params"] if id(p) in head])):
+            if params:
+                scale = group.get("lr_scale", 1.0) * (head_lr_scale if part else 1.0)
+                split.append({**group, "params": params, "lr_scale": scale,
+                              "name": part + group.get("name", "group")})
+    return split
+
+
 def build_optimizer(model: nn.Module, train: Mapping[str, Any]) -> torch.optim.Optimizer:
     name, lr = train["optimizer"], float(train["lr"])
     if train.get("double_bias_lr") and train["no_bias_decay"]:
@@ -36,6 +54,7 @@ def build_optimizer(model: nn.Module, train: Mapping[str, Any]) -> torch.optim.O
         groups = sam_parameter_groups(model, train["weight_decay"], double_bias_lr=True)
     else:
         groups = parameter_groups(model, train["weight_decay"], train["no_bias_decay"])
+    groups = split_head_groups(model, groups, float(train.get("head_lr_scale", 1.0)))
     for group in groups:  # OneCycle's max_lr is each group's lr, so doubled biases peak at 2x
         group["lr"] = lr * group.get("lr_scale", 1.0)
     if name == "adamw":

@@ -19,8 +19,9 @@ from typing import Any, Mapping
 
 from mlic.atomic import atomic_write
 
-METRICS_COLUMNS = ["epoch", "steps", "lr", "train_loss", "skipped_steps", "val_mAP", "val_mAP_ema",
-                   "selected", "best_mAP", "es_smooth", "es_wait", "skipped_images", "seconds"]
+METRICS_COLUMNS = ["epoch", "steps", "lr", "train_loss", "skipped_steps", "clipped_steps", "val_mAP", "val_mAP_ema",
+                   "selected", "best_mAP", "es_smooth", "es_wait", "attn_ratio", "image_share",
+                   "skipped_images", "seconds"]
 
 
 def new_run_dir(output_dir: str | Path, name: str | None) -> Path:

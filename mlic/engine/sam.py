@@ -143,6 +143,8 @@ class SAMStep:
             fp16 = self.amp and not torch.cuda.is_bf16_supported()
             scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.scaler = scaler
+        self.grad_norm: float | None = None  # the last second-pass gradient norm, before clipping
+        self.clipped = False  # whether the last step clipped it
 
     # ------------------------------------------------------------------------------- helpers
     def _params_with_grads(self) -> list[torch.Tensor]:
@@ -219,6 +221,7 @@ class SAMStep:
         else:
             with torch.no_grad():
                 norm = self._global_norm([p.grad for p in all_params if p.grad is not None])
+        self.grad_norm, self.clipped = norm, 0 < self.grad_clip < norm
         if not math.isfinite(norm):
             return self._skip(loss, backup, params)
         with torch.no_grad():

@@ -20,6 +20,10 @@ class OptimizerStep:
         fp16 = self.amp and not torch.cuda.is_bf16_supported()
         # A gradient scaler is only needed for fp16; bf16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        # The last step's gradient norm before clipping (None without clipping), and whether it
+        # was clipped: the trainer counts clipped steps per epoch (metrics.csv).
+        self.grad_norm: float | None = None
+        self.clipped = False
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor,
                  label_states: torch.Tensor | None = None) -> tuple[float, bool]:
@@ -31,7 +35,8 @@ class OptimizerStep:
                                   self.device, self.amp, self.accumulate, label_states=label_states)
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+            self.clipped = self.grad_norm > self.grad_clip
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()

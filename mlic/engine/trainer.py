@@ -33,6 +33,7 @@ from mlic.engine.optim import build_optimizer, build_scheduler
 from mlic.engine.run_dir import (append_metrics, close_logger, new_run_dir, run_logger,
                                  truncate_metrics)
 from mlic.engine.label_mask import reveal, sample_revealed
+from mlic.engine.decoder_health import decoder_health, last_cross_attention
 from mlic.engine.early_stopping import EarlyStopping, onecycle_warmup_finished
 from mlic.engine.nonfinite import NonFiniteGuard
 from mlic.engine.sam import SAMStep
@@ -233,6 +234,7 @@ class Trainer:
             from timm.utils import ModelEmaV3
             self.ema = ModelEmaV3(self.model, decay=float(train_cfg["ema"]))
         self.epoch, self.global_step, self.best = 0, 0, -math.inf
+        self._probe: torch.Tensor | None = None  # images for _decoder_health, loaded when first used
         if resume:
             self._restore()
 
@@ -356,11 +358,11 @@ class Trainer:
                                    thresholds=self.config["eval"]["threshold"], **extra)
 
     # ------------------------------------------------------------------------------------ loop
-    def train_one_epoch(self) -> tuple[float, int]:
+    def train_one_epoch(self) -> tuple[float, int, int]:
         self.model.train()
         # Seeding per epoch makes the order and augmentation of epoch e the same after a resume.
         distributed.seed_epoch(self.train_loader, int(self.config["seed"]), self.epoch)
-        total, count, skipped = 0.0, 0, 0
+        total, count, skipped, clipped = 0.0, 0, 0, 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.config['train']['epochs']}",
                    disable=not self.progress, leave=False, mininterval=1.0)
         for images, targets in bar:
@@ -372,6 +374,7 @@ class Trainer:
             loss, stepped = self.step(images, targets, label_states)
             self.guard(loss, stepped, self.epoch + 1, self.global_step + 1)  # NaN/inf: stop
             skipped += not stepped
+            clipped += self.step.clipped
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model, step=self.global_step)
@@ -380,7 +383,7 @@ class Trainer:
                 total, count = total + loss, count + 1
             if count % self.config["train"]["log_every"] == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}")
-        return distributed.mean_over_ranks(total / max(count, 1)), skipped
+        return distributed.mean_over_ranks(total / max(count, 1)), skipped, clipped
 
     def evaluate(self, model: MultiLabelClassifier, loader, desc: str) -> dict[str, Any]:
         scores = predict_scores(model, loader, self.device, self.config["train"]["amp"],
@@ -429,11 +432,13 @@ class Trainer:
         try:
             while self.epoch < epochs and not (self.stopper is not None and self.stopper.stopped):
                 start, failures = time.time(), self._count_failures()
-                loss, skipped = self.train_one_epoch()
+                loss, skipped, clipped = self.train_one_epoch()
                 self.epoch += 1
                 row = {"epoch": self.epoch, "steps": self.global_step, "train_loss": loss,
-                       "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": skipped}
+                       "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": skipped,
+                       "clipped_steps": clipped}
                 self._select(row)
+                row.update(self._decoder_health())
                 row["skipped_images"] = self._report_skipped(failures)
                 row["seconds"] = round(time.time() - start, 1)
                 if distributed.is_main():
@@ -442,7 +447,9 @@ class Trainer:
                                      if row.get(k) is not None})
                 val = "" if row.get("val_mAP") is None else f"  val mAP {100 * row['val_mAP']:.2f}" + (
                     f" (EMA {100 * row['val_mAP_ema']:.2f})" if row.get("val_mAP_ema") is not None else "")
-                self.log.info(f"epoch {self.epoch}/{epochs}  loss {loss:.4f}{val}  {row['seconds']:.0f}s")
+                health = "" if row.get("attn_ratio") is None else (
+                    f"  decoder: attn/query {row['attn_ratio']:.3g}, image share {row['image_share']:.3g}")
+                self.log.info(f"epoch {self.epoch}/{epochs}  loss {loss:.4f}{val}{health}  {row['seconds']:.0f}s")
                 if on_epoch_end is not None and on_epoch_end(self.epoch, dict(row)):
                     self.log.info(f"stopped after epoch {self.epoch} by on_epoch_end")
                     break
@@ -457,6 +464,20 @@ class Trainer:
             raise
         self.finish()
         return self.run_dir
+
+    def _decoder_health(self) -> dict[str, float]:
+        """``attn_ratio`` and ``image_share`` of a decoder head (mlic.engine.decoder_health) on a
+        fixed batch of up to 64 validation (else training) images; {} for other heads."""
+        if last_cross_attention(self.model.head) is None:
+            return {}
+        if self._probe is None:
+            table = self.splits.val if self.splits.val is not None else self.splits.train
+            table = table.subset(range(min(64, len(table))))
+            images, _ = next(iter(make_loader(table, eval_transform(self.model.preprocessing), 64, 0,
+                                              False, on_bad=self.config["data"]["on_bad_image"],
+                                              failure_log=self.failure_log)))
+            self._probe = batch_to_device(images, self.device, self.channels_last)
+        return decoder_health(self.model, self._probe) or {}
 
     def _select(self, row: dict[str, Any]) -> None:
         """Evaluate model and EMA; save the better as ``best`` if it is at least as good as before.
@@ -566,7 +587,8 @@ def _new_run(cfg: Mapping[str, Any]) -> Path:
 # What the saved optimizer, schedule and weights were built for: a resume cannot change these
 # (e.g. more epochs would step OneCycle past its end; another optimizer cannot take the state).
 RESUME_FIXED = ("model", "data.classes", "data.image_size", "train.epochs", "train.batch_size",
-                "train.optimizer", "train.no_bias_decay", "train.double_bias_lr", "train.scheduler",
+                "train.optimizer", "train.no_bias_decay", "train.double_bias_lr", "train.head_lr_scale",
+                "train.scheduler",
                 "train.pct_start", "train.div_factor", "train.final_div_factor",
                 # Stored in the optimizer's and scheduler's state: a new value would be ignored.
                 "train.lr", "train.weight_decay", "train.momentum")
