@@ -17,8 +17,9 @@ import torch
 from mlic.flops import cost_of
 
 EFFV2S, EFFV2L, TRESNET = "tf_efficientnetv2_s", "tf_efficientnetv2_l", "tresnet_l"
-# The paper's Query2Label is its authors' port (methods.md 6): feed-forward width = model width =
-# backbone channels, and the 1x1 input projection kept. The reference Q2L uses 8192 and no projection.
+# The paper's Query2Label is its authors' port (deep-object-reid ``torchreid/models/q2l.py``):
+# feed-forward width = model width = backbone channels, and the 1x1 input projection kept. The
+# reference Q2L uses 8192 and no projection.
 Q2L_PAPER = {"ff_dim": 1280, "input_projection": True}
 
 # (table, backbone, head, classes, size, head params, paper GFLOPs)

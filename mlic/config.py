@@ -3,7 +3,8 @@
 A config is a nested dict. ``DEFAULTS`` below is the schema: every key a user may set exists
 there, and its default's type is the type the key must have. A key that is not in the schema is an
 error with the nearest valid key suggested, so a typo never silently falls back to a default.
-The defaults are the paper's recipe (methods.md 8.1; the released COCO configuration): EfficientNetV2-S
+The defaults are the paper's recipe (the released COCO configuration, openvinotoolkit/deep-object-reid
+branch multilabel, configs/EfficientNetV2_small_mld.yml; docs/training.md): EfficientNetV2-S
 at 448 px, cosine ML-Decoder, AAM loss, SAM around SGD with doubled bias lr and no bias decay,
 OneCycle, EMA, early stopping, RandAugment + Cutout + flip. Files under configs/ override them.
 A few sections hold free-form mappings (``data.train`` and friends, ``loss.params``,

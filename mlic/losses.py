@@ -240,16 +240,16 @@ class AngularMarginLoss(MultiLabelLoss):
       negative term; focusing off: no shift (unless ``always_clip``) and w+ = w- = 1;
     * loss = -[ w+ * (k/s) * y * log p+  +  w- * ((1-k)/s) * (1-y) * log p- ].
 
-    For 0/1 targets this is the released DOR ``AMBinaryLoss`` (methods.md 1.1). Soft targets (label
-    smoothing, mixup) keep each branch's own weight. Inference is sigmoid(x) = sigmoid(s*z): margin,
-    shift and k are training-only.
+    For 0/1 targets this is the released DOR ``AMBinaryLoss`` (``torchreid/losses/asl.py``). Soft
+    targets (label smoothing, mixup) keep each branch's own weight. Inference is sigmoid(x) =
+    sigmoid(s*z): margin, shift and k are training-only.
 
     Numerics: computed in float32 from log-sigmoids (softplus), never as log(sigmoid(.)), so fp16
     logits with s = 23 and |z| near 1 give a finite loss; the reference computes log of an fp16
     sigmoid under autocast and gets log(0) = -inf there. The shifted log, log(min(sigmoid(-b) + clip,
     1)), is >= log(clip) > -inf. No eps floor is needed, so there is none.
 
-    Parameter sets (methods.md section 1):
+    Parameter sets (docs/losses.md, "Which parameters reproduce what"):
 
     * released DOR recipe: ``build_loss("am")`` = scale 23 (COCO; 17 for VOC), margin 0, k 0.7,
       gammas 0 -> (1/s) * [k * BCE(x) on positives + (1-k) * BCE(x) on negatives], summed;

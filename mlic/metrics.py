@@ -5,8 +5,9 @@ thresholds care about the scale); ``targets`` is an (N, C) array of 1 (positive)
 (unknown). Unknown entries are dropped everywhere: they are neither ranked, nor predicted, nor counted
 as ground truth. Inputs are checked once, at each public function, and bad ones raise ``DataError``.
 
-Conventions follow the methods reference (docs/methods.md, section 9); where sources disagree, the
-choice made here is stated in the function's docstring.
+Conventions follow the reference codes (ASL, ML-Decoder, deep-object-reid, ML-GCN, Query2Label, C-Tran;
+compared in docs/metrics.md); where sources disagree, the choice made here is stated in the
+function's docstring.
 """
 from __future__ import annotations
 
@@ -210,7 +211,8 @@ def tune_thresholds(scores: ArrayLike, targets: ArrayLike, default: float = 0.5)
     to cut; it gets ``default`` (0.5 suits probabilities; pass 0 for logits) rather than a threshold
     that would never predict it.
 
-    Tune on data the model did not train on, or on an un-augmented pass (methods.md, section 9.3).
+    Tune on data the model did not train on, or on an un-augmented pass (docs/metrics.md,
+    "Threshold tuning").
     """
     s, t = _check(scores, targets)
     out = np.full(s.shape[1], float(default))

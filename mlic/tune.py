@@ -1,4 +1,5 @@
-"""Hyper-parameter search with Optuna over a training config (``mlic tune``), as methods.md 1.4.
+"""Hyper-parameter search with Optuna over a training config (``mlic tune``), as the paper's code
+(openvinotoolkit/deep-object-reid branch multilabel, ``tools/auxiliary/optuna_optim.py``).
 
 Searched, per trial:
 

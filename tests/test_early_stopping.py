@@ -1,4 +1,5 @@
-"""EarlyStopping against hand-made metric sequences (methods.md 8.5) and the OneCycle warm-up test."""
+"""EarlyStopping against hand-made metric sequences (the rule of deep-object-reid's
+``exit_on_plateau_and_choose_best``, see docs/training.md) and the OneCycle warm-up test."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""Losses against an independent float64 re-derivation of their formulas (methods.md, sections 1 and 2)."""
+"""Losses against an independent float64 re-derivation of their formulas (docs/losses.md; reference code:
+openvinotoolkit/deep-object-reid branch multilabel ``torchreid/losses/asl.py``, Alibaba-MIIL/ASL
+``src/loss_functions/losses.py``)."""
 from __future__ import annotations
 
 import math
@@ -235,7 +237,8 @@ def test_shape_mismatch_is_an_error():
 
 
 # ---------------------------------------------------------------------------------------------------
-# AM / AAM (methods.md section 1.1). The loss gets logits x = s * z; the references get z = x / s.
+# AM / AAM (deep-object-reid's ``AMBinaryLoss``, torchreid/losses/asl.py; docs/losses.md).
+# The loss gets logits x = s * z; the references get z = x / s.
 
 
 def cosine_batch(seed: int, s: float, shape=(8, 10)):
@@ -252,7 +255,8 @@ def cosine_batch(seed: int, s: float, shape=(8, 10)):
 
 def am_reference(z: np.ndarray, t: np.ndarray, s, m, k, gamma_pos, gamma_neg, clip, reduction,
                  label_smoothing=0.0, always_clip=False):
-    """AM/AAM per element in float64, from the formula in methods.md 1.1, unknown targets skipped."""
+    """AM/AAM per element in float64, from the formula in docs/losses.md (deep-object-reid's
+    ``AMBinaryLoss``), unknown targets skipped."""
     def sig(v):  # |v| <= 40 here: no overflow
         return 1.0 / (1.0 + math.exp(-v))
 

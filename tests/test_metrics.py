@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values and sklearn (methods.md, section 9)."""
+"""Metrics against hand-computed values and sklearn (conventions: docs/metrics.md)."""
 from __future__ import annotations
 
 import numpy as np

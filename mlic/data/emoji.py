@@ -2,7 +2,7 @@
 
 Each image is one vendor's 64x64 drawing of an emoji (``emoji-datasource-<vendor>``); its labels are
 the Unicode CLDR English keywords of that emoji (``emojibase-data``), kept when at least
-``min_emoji_per_label`` distinct emoji carry them. See docs/data.md, section 3.
+``min_emoji_per_label`` distinct emoji carry them. See the README, "The demo".
 
 ``build_emoji_benchmark(out_dir)`` writes::
 

@@ -1,4 +1,5 @@
-"""Early stopping on a plateau of the validation metric (methods.md 8.5).
+"""Early stopping on a plateau of the validation metric (deep-object-reid's
+``MultilabelEngine.exit_on_plateau_and_choose_best``, ``torchreid/engine/image/multilabel.py``).
 
 Each epoch the trainer passes the selection metric (max of the model's and the EMA's val mAP) and
 whether the learning-rate warm-up is over. With a = round(metric, 4):

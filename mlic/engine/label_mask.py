@@ -1,9 +1,9 @@
 """Label-mask training (C-Tran) and the known-label evaluation protocol.
 
-Training (methods.md 7, the reference's ``--use_lmt``): for each sample, draw k uniformly from
-0 .. floor(max_fraction * C) and reveal k labels, chosen at random, with their true state; the model
-sees them as known and the loss covers only the labels it was not told. A label whose target is
-unknown (-1) is never revealed and never scored (the losses skip -1).
+Training (C-Tran, Lanchantin et al. CVPR 2021; QData/C-Tran's ``--use_lmt``): for each sample, draw
+k uniformly from 0 .. floor(max_fraction * C) and reveal k labels, chosen at random, with their true
+state; the model sees them as known and the loss covers only the labels it was not told. A label
+whose target is unknown (-1) is never revealed and never scored (the losses skip -1).
 
 Evaluation: a fraction of each image's labelled entries is revealed, chosen by a generator seeded from
 the image's identity (its path as written in the annotations), so every model and every run sees the

@@ -7,7 +7,8 @@ state, the Python/NumPy/torch(/CUDA) random states and the loaders' generators a
 and put back afterwards, also when the search fails or is interrupted. So the weights a run
 starts from after the search are the ones it was built with (pretrained, or ``model.weights``)
 and the run is the run it would have been with the found lr given explicitly. (The reference,
-methods.md 8.6, rebuilds the model after its search and so loses ``model.load_weights``.)
+deep-object-reid's ``torchreid/apis/training.py::run_lr_finder``, rebuilds the model after its
+search and so loses ``model.load_weights``.)
 
 Both use a **plain** optimizer step on the run's own optimizer and parameter groups: no SAM, no
 EMA, no schedule, as the reference's finder does. Group lr ratios are kept: a group with an
@@ -15,8 +16,9 @@ EMA, no schedule, as the reference's finder does. Group lr ratios are kept: a gr
 
 ``lr_range_test``: one step per batch, the lr rising exponentially from ``min_lr`` to ``max_lr``;
 the suggestion is the lr where the smoothed loss falls fastest (see ``steepest_descent``). The
-reference's "fast_ai" mode (methods.md 8.6) is the same idea (it crashes on multi-label, the
-pitfall noted there) with a warm-up epoch first, which is not done here.
+reference's "fast_ai" mode (``torchreid/optim/lr_finder.py``) is the same idea (it crashes on
+multi-label: it reads ``engine.main_losses``, which the multi-label engine lacks) with a warm-up
+epoch first, which is not done here.
 
 ``lr_short_trials``: the reference's "TPE" mode: Optuna TPE over the lr, each trial a few epochs at
 a constant lr from the same starting point, scored by the last epoch's validation mAP.
@@ -150,9 +152,9 @@ def lr_range_test(trainer: Any, min_lr: float = 1e-6, max_lr: float = 1.0, steps
         epoch has restart the loader.
     smoothing: weight of the newest loss in the exponential moving average (bias-corrected, so the
         first points are not pulled towards 0). torch-lr-finder's default is 0.05; the reference's
-        fast_ai mode passes 0.01 (methods.md 8.6), which over a sweep of ~100 steps averages
-        nearly the whole history (a window of ~100 steps) and so shifts the steepest descent to
-        too-high lrs; 0.05 (a window of ~20 steps) is used here.
+        fast_ai mode passes 0.01 (deep-object-reid ``torchreid/optim/lr_finder.py``), which over a
+        sweep of ~100 steps averages nearly the whole history (a window of ~100 steps) and so shifts
+        the steepest descent to too-high lrs; 0.05 (a window of ~20 steps) is used here.
     diverge_factor: stop once the smoothed loss exceeds this many times its lowest value (and on a
         non-finite loss, which is not recorded).
     skip_start / skip_end: fractions of the points (at least one each) left out at either end when
@@ -233,7 +235,7 @@ def lr_short_trials(trainer: Any, n_trials: int = 15, epochs_per_trial: int = 1,
     The lr is sampled log-uniformly over [min_lr, max_lr] and rounded to 3 significant digits; a
     value already tried is pruned without training. ``step`` samples a linear grid instead, as the
     reference did ([1e-5, 1e-3] by 1e-5, a grid that does not even hold its own released lrs 5e-3
-    and 7e-3, methods.md 8.6). TPESampler(n_startup_trials=5, seed), as the reference.
+    and 7e-3; see docs/training.md). TPESampler(n_startup_trials=5, seed), as the reference.
 
     Every trial's epoch e sees the data in the order the real run's epoch e will.
     """

@@ -1,6 +1,7 @@
 """Sharpness-aware minimisation (SAM / ASAM) as a drop-in replacement for ``OptimizerStep``.
 
-One SAM step, as the recipe runs it (methods.md 8.3), wrapping any torch optimizer ("base"):
+One SAM step (Foret et al., ICLR 2021) as the recipe runs it (deep-object-reid's
+``torchreid/optim/sam.py``; docs/training.md, "SAM"), wrapping any torch optimizer ("base"):
 
 1. forward/backward at the current weights w (under autocast when ``amp``); unscale the gradient g;
 2. if g has an inf/nan anywhere: skip the whole step (gradients zeroed, the fp16 scaler lowers its
@@ -74,7 +75,7 @@ PERTURBATIONS = ("global", "local")
 def sam_parameter_groups(model: nn.Module, weight_decay: float, double_bias_lr: bool = True,
                          no_decay_keywords: tuple[str, ...] = ("norm", "query", "queries")
                          ) -> list[dict[str, Any]]:
-    """The recipe's three-way no-bias-decay split (methods.md 8.2), for params requiring grads.
+    """The recipe's three-way no-bias-decay split (deep-object-reid's ``nbd``), for params requiring grads.
 
     * ``decay``: everything not below: ``weight_decay``, ``lr_scale`` 1 (first group);
     * ``no_decay``: 1-D parameters that are not biases (norm scales) and names containing one of

@@ -206,7 +206,8 @@ def build_label_context(table_or_targets, label_names: Sequence[str] | None = No
     """A LabelContext from a training LabelTable (or its targets matrix) and an embedding source.
 
     P(j | i) counts images (ML-GCN's statistic); DOR counts object instances, which lowers it for
-    labels that appear many times in one image (methods.md 4.1). ``embedding_source=None`` leaves
+    labels that appear many times in one image (deep-object-reid's stored
+    ``gan_tools/adj_matrieses/adj_matrix_*.npy``; docs/heads.md). ``embedding_source=None`` leaves
     the embeddings out.
     """
     from mlic.data.stats import conditional_cooccurrence

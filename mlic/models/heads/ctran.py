@@ -1,8 +1,8 @@
 """C-Tran head: a transformer over image tokens and label tokens that carry a known/unknown state.
 
 Lanchantin et al., "General Multi-label Image Classification with Transformers" (CVPR 2021);
-behaviour and defaults of the released code (QData/C-Tran) as restated in docs/methods.md section 7.
-Written from that description, not from the code.
+behaviour and defaults of the released code (QData/C-Tran, ``models/CTran.py``). Written from a
+description of that behaviour, not from the code.
 
     image tokens  = proj(feature map) as H*W tokens   (+ 2-D sine position encoding, optional)
     label token c = label_embedding[c] + state_embedding[state_c]   state: unknown, negative, positive

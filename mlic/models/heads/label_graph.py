@@ -4,9 +4,9 @@ Two graph layers (GAT or GCN) map the label word embeddings (C, E) over the labe
 Â to node features X2 (C, D), each layer followed by LeakyReLU(0.2), the last included. The channel
 weights are omega = sigmoid(max over the C nodes of X2), a D-vector that does not depend on the
 image: a learned, static channel attention. The head multiplies the backbone map by omega, pools it
-and classifies with a cosine (AngleSimpleLinear) or linear layer, as the DOR ``gcn.py`` reference
-(methods.md section 4). With ``decoder={...}`` the re-weighted map goes to an ML-Decoder instead
-(the paper's "GAT + MLD" row).
+and classifies with a cosine (AngleSimpleLinear) or linear layer, as the DOR reference
+(openvinotoolkit/deep-object-reid branch multilabel, ``torchreid/models/gcn.py``). With
+``decoder={...}`` the re-weighted map goes to an ML-Decoder instead (the paper's "GAT + MLD" row).
 
 Because omega is image-independent it is computed once in eval and cached (``GraphOutputCache``),
 so inference costs one multiply; while training it is recomputed every step so the graph learns.

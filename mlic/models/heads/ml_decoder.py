@@ -2,8 +2,8 @@
 
 Ridnik et al., "ML-Decoder: Scalable and Versatile Classification Head" (WACV 2023); behaviour of
 the released code (Alibaba-MIIL/ML_Decoder @8a9e984) and of the paper's cosine variant (DOR
-``torchreid/models/ml_decoder.py``), as restated in docs/methods.md section 3. Written from that
-description, not from either code base.
+``torchreid/models/ml_decoder.py``; Alibaba-MIIL/ML_Decoder ``src_files/ml_decoder/ml_decoder.py``).
+Written from a description of that behaviour, not from either code base.
 
     tokens = act(Linear(D -> E)(feature map as H*W tokens))        act: ReLU, or LeakyReLU(0.2) if cosine
     t      = K fixed random queries (K = min(100, C) by default)

@@ -3,9 +3,9 @@
 Two GCN layers map the label word embeddings (C, E) over the correlation graph Â to one weight
 vector per class: gc1 E -> 1024, LeakyReLU(0.2), gc2 1024 -> D with no activation, giving
 W_cls (C, D). The logits are the globally pooled image features dotted with them,
-logits = f . W_cls^T, with no bias and global max pooling by default (methods.md section 5;
-the reference pools ResNet-101 at 448 px with MaxPool2d(14)). The graph follows ML-GCN's code
-(tau 0.4, p 0.25, column-sum re-weighting), see ``mlic.models.graph``.
+logits = f . W_cls^T, with no bias and global max pooling by default (Megvii-Nanjing/ML-GCN
+``models.py``; the reference pools ResNet-101 at 448 px with MaxPool2d(14)). The graph follows
+ML-GCN's code (tau 0.4, p 0.25, column-sum re-weighting), see ``mlic.models.graph``.
 
 W_cls does not depend on the image, so in eval it is computed once and cached like the label
 graph head's channel weights; while training it is recomputed every step.

@@ -1,8 +1,8 @@
 """Query2Label head: a small transformer whose learnable label queries read the feature map.
 
 Liu et al., "Query2Label: A Simple Transformer Way to Multi-Label Classification" (2021); behaviour
-and defaults of the released code (SlongLiu/query2labels @55eb050, a DETR transformer), as restated
-in docs/methods.md section 6. Written from that description, not from the code.
+and defaults of the released code (SlongLiu/query2labels @55eb050, ``lib/models/query2label.py``,
+a DETR transformer). Written from a description of that behaviour, not from the code.
 
     memory = encoder(proj(feature map) as H*W tokens)      self-attention with sine pos on q and k
     h      = decoder(target = 0, label queries)           per layer: cross-attention, q = target +
@@ -26,7 +26,8 @@ Choices, and why:
   in the reference, where both live outside its transformer.
 * ``cosine=True`` gives logit_k = scale * cos(h_k, w_k), clamped to [-1, 1] like ``CosineLinear``,
   without a bias. DOR's Q2L port put a flat cosine classifier on the (B, C, d) output, which cannot
-  work (methods.md section 6); this per-class cosine is the fixed form of what it meant.
+  work (deep-object-reid branch multilabel, ``torchreid/models/q2l.py``); this per-class cosine is
+  the fixed form of what it meant.
 """
 from __future__ import annotations
 
