@@ -118,7 +118,17 @@ def health(result: dict) -> str:
             f"{float(last['attn_ratio']):.2g} / {float(last['image_share']):.2g}")
 
 
-def write_results(args, results: list[dict], started: float) -> None:
+def merged_with_saved(results: list[dict]) -> list[dict]:
+    """This process's runs over those already in ablation.json (another process may be running
+    other rows): a saved run of the same row and seed is replaced."""
+    path = RESULTS / "ablation.json"
+    saved = json.loads(path.read_text()) if path.is_file() else []
+    mine = {(r["row"], r["seed"]) for r in results}
+    return [r for r in saved if (r["row"], r["seed"]) not in mine] + results
+
+
+def write_results(args, results: list[dict]) -> None:
+    results = merged_with_saved(results) if args.append else results
     table = ["| row | seeds | test mAP | best val mAP | decoder attn_ratio / image_share, "
              "epoch 1 → last | min per run |", "|---|---|---|---|---|---|"]
     for name, _ in ROWS:
@@ -134,7 +144,7 @@ def write_results(args, results: list[dict], started: float) -> None:
             f"EfficientNet-Lite0 (offline ImageNet weights), batch 64, EMA 0.99, no early stopping; "
             f"mean ± sd over seeds; torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"{platform.machine()}; {time.strftime('%Y-%m-%d')}, "
-            f"{(time.time() - started) / 60:.0f} min for {len(results)} runs.\n\n"
+            f"{len(results)} runs.\n\n"
             "Test: the Twitter drawings (1,621). Validation: a random 15% of the training drawings "
             "(selection of model vs EMA per epoch). Decoder health (mlic.engine.decoder_health, on "
             "64 validation images): a collapsed decoder has attn_ratio in the tens and image_share "
@@ -176,9 +186,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--rows", type=int, nargs="+", help="row indices to run (default: all)")
+    parser.add_argument("--rows", type=int, nargs="+",
+                        help="row indices to run, in this order (default: all)")
     parser.add_argument("--append", action="store_true",
-                        help="add to the results in benchmarks/results/ablation.json")
+                        help="merge with the runs in benchmarks/results/ablation.json (other rows or "
+                             "seeds, possibly from a process running beside this one)")
     parser.add_argument("--quick", action="store_true", help="1 epoch at 64 px, no results file")
     import sys
     args = parser.parse_args()
@@ -186,19 +198,16 @@ def main() -> None:
     if args.quick:
         args.epochs, args.size = 1, 64
     build_emoji_benchmark(args.data)
-    results = (json.loads((RESULTS / "ablation.json").read_text())
-               if args.append and (RESULTS / "ablation.json").is_file() else [])
-    started = time.time()
+    results: list[dict] = []
     for seed in args.seeds:
-        for index, (name, overrides) in enumerate(ROWS):
-            if args.rows is not None and index not in args.rows:
-                continue
+        for index in (args.rows if args.rows is not None else range(len(ROWS))):
+            name, overrides = ROWS[index]
             result = run_row(name, overrides, args.data, args.runs, seed, args.epochs, args.size)
             results.append(result)
             print(f"seed {seed}  {name:<40} test mAP {100 * result['mAP']:.2f}  "
                   f"{result['minutes']:.1f} min  {health(result)}", flush=True)
             if not args.quick:
-                write_results(args, results, started)  # after every run: a partial table survives
+                write_results(args, results)  # after every run: a partial table survives
 
 
 if __name__ == "__main__":

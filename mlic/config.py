@@ -101,7 +101,10 @@ DEFAULTS: dict[str, Any] = {
         "patience": 5,
         "es_smoothing": 0.8,
         "amp": True,            # mixed precision on CUDA; ignored on CPU
-        "grad_clip": 0.0,
+        # Largest gradient norm (0 = no clipping). Not in the reference: a fresh ML-Decoder trained
+        # by SGD on the summed loss collapses in its first steps without it (docs/training.md,
+        # "The decoder collapse"); later in a run the gradient is smaller and clipping stops acting.
+        "grad_clip": 10.0,
         # Mixed precision (fp16): steps in a row skipped for an inf/nan loss or gradient before the
         # run stops; without a gradient scaler the first non-finite loss stops it.
         "max_skipped_steps": 20,

@@ -57,7 +57,8 @@ SIMPLE_RECIPE = {
     "model": {"backbone": TINY_BACKBONE, "head": "linear", "pretrained": False},
     "loss": {"name": "bce", "params": {}},
     "train": {"optimizer": "adamw", "weight_decay": 1e-4, "sam": False, "double_bias_lr": False,
-              "ema": 0.0, "early_stopping": False, "div_factor": 25.0, "final_div_factor": 1e4},
+              "ema": 0.0, "early_stopping": False, "div_factor": 25.0, "final_div_factor": 1e4,
+              "grad_clip": 0.0},
     "augment": {"randaugment": None, "cutout": 0.0},
 }
 

@@ -39,7 +39,7 @@ def test_recipe_builds_and_steps(recipe, colour_dataset, tmp_path):
 
 # What a recipe means must not move when the defaults (the paper's recipe) change.
 EXPLICIT = ["model.head", "loss.name", "loss.params", "train.optimizer", "train.lr", "train.sam",
-            "train.double_bias_lr", "train.ema"]
+            "train.double_bias_lr", "train.ema", "train.grad_clip"]
 
 
 def is_set(raw: dict, key: str) -> bool:
