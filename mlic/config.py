@@ -47,10 +47,10 @@ DEFAULTS: dict[str, Any] = {
         "augment": {
             "hflip": True,   # off for data where left/right is a label (the emoji benchmark)
             "shift": 0,      # random translation, in pixels, up to this much
-            # timm rand-augment string: 2 ops, each with p 0.5, magnitude ~ N(9, 0.5); null = off.
-            # The reference's `randaugment` package draws the magnitude uniformly in 1-9; timm's
-            # uniform option (mstd101) crashes in Posterize on Pillow 13 (0 bits at low levels).
-            "randaugment": "rand-m9-n2-mstd0.5",
+            # "reference": the reference code's RandAugment (2 ops, each with p 0.5, magnitude
+            # uniform over the range), rebuilt from timm's ops; or a timm string such as
+            # "rand-m9-n2-mstd0.5" (magnitude ~ N(9, 0.5): stronger); null = off. docs/training.md
+            "randaugment": "reference",
             "cutout": 0.4,   # side of the cutout square as a fraction of the image; 0 = off
             "cutout_p": 0.5,
         },
