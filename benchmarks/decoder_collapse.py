@@ -157,17 +157,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/emoji"))
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--variants", type=int, nargs="+", help="indices to run (default: all)")
+    parser.add_argument("--append", action="store_true",
+                        help="merge with the variants already in decoder_collapse.json")
     parser.add_argument("--quick", action="store_true", help="60 steps per variant, no results file")
     args = parser.parse_args()
-    torch.set_num_threads(2)
     if not (args.data / "labels.txt").is_file():
         build_emoji_benchmark(args.data)
     start = time.time()
-    features = extract_features(args.data, args.size)
+    cache = args.data / f"lite0_features_{args.size}.pt"  # shared by processes running side by side
+    if not cache.is_file():  # stored in float16: half the memory, and the same in every process
+        torch.save({k: (x.half(), y) for k, (x, y) in extract_features(args.data, args.size).items()},
+                   cache.with_suffix(".tmp"))
+        cache.with_suffix(".tmp").rename(cache)
+    features = {k: (x.float(), y) for k, (x, y) in torch.load(cache).items()}
     print(f"features: {tuple(features['style_train'][0].shape)} in {time.time() - start:.0f}s",
           flush=True)
     results = []
-    for name, optim, options, change, steps in VARIANTS:
+    for index in args.variants if args.variants is not None else range(len(VARIANTS)):
+        name, optim, options, change, steps = VARIANTS[index]
         steps = 60 if args.quick else steps
         result = {"variant": name, **train_variant(features, optim, options, change, steps)}
         final = result["at"][steps]
@@ -175,13 +183,24 @@ def main() -> None:
               f"image_share {final['image_share']:.3g} after {steps} steps "
               f"({result['seconds']:.0f}s)", flush=True)
         results.append(result)
-    if args.quick:
-        return
+        if not args.quick:
+            write_results(results, args.append)
+
+
+def write_results(results: list[dict], append: bool) -> None:
+    """The table after every variant, merged with the saved variants of other processes."""
+    path = RESULTS / "decoder_collapse.json"
+    if append and path.is_file():
+        mine = {r["variant"] for r in results}
+        saved = [{**r, "at": {int(k): v for k, v in r["at"].items()}}  # JSON keys are strings
+                 for r in json.loads(path.read_text()) if r["variant"] not in mine]
+        results = saved + results
+    order = [v[0] for v in VARIANTS]
+    results = sorted(results, key=lambda r: order.index(r["variant"]))
     text = (f"# The ML-Decoder collapse under SGD, and what removes it\n\n"
             f"Command: `python benchmarks/decoder_collapse.py`; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {platform.machine()} "
-            f"({platform.processor() or 'cpu'}); {time.strftime('%Y-%m-%d')}, "
-            f"{(time.time() - start) / 60:.0f} min.\n\n"
+            f"{torch.get_num_threads()} thread(s), {platform.machine()}; "
+            f"{time.strftime('%Y-%m-%d')}; seconds per variant in the last column.\n\n"
             "Head-only training on frozen EfficientNet-Lite0 features of the emoji benchmark "
             "(128 px, 4x4 maps; 4,816 training and 1,621 test images, 159 labels); cosine ML-Decoder "
             "(256-d, FFN 512, 32 queries), AAM (s 23, k 0.7, gamma_neg 1, summed), batch 84, "
@@ -193,8 +212,7 @@ def main() -> None:
             "so far that were clipped:\n\n" + clip_table(results) + "\n")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "decoder_collapse.md").write_text(text, encoding="utf-8")
-    (RESULTS / "decoder_collapse.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(text)
+    path.write_text(json.dumps(results, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
