@@ -28,7 +28,7 @@ from torch import nn
 from mlic.data.emoji import build_emoji_benchmark
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
-from mlic.engine.decoder_health import health_measures
+from mlic.engine.decoder_health import decoder_health
 from mlic.engine.optim import build_optimizer, build_scheduler
 from mlic.engine.sam import SAMStep
 from mlic.engine.step import OptimizerStep
@@ -92,20 +92,15 @@ def train_variant(features, optim: dict, step_options: dict, change: str | None,
     cpu = torch.device("cpu")
     step = (SAMStep(head, loss_fn, optimizer, cpu, grad_clip=clip) if step_options.get("sam")
             else OptimizerStep(head, loss_fn, optimizer, cpu, grad_clip=clip))
-    seen: dict[str, torch.Tensor] = {}
-    head.decoder.cross_attn.register_forward_hook(
-        lambda m, args, out: seen.update(query=args[0], attended=out[0]))
-    head.decoder.register_forward_hook(lambda m, args, out: seen.update(decoded=out))
     norms: list[float] = []
 
     @torch.no_grad()
     def measure() -> dict:
         head.eval()
         logits = torch.cat([head(x_test[i:i + 256]) for i in range(0, len(x_test), 256)])
-        head(x_test[:256])  # the health measures on a fixed batch
         head.train()
         result = {"mAP": 100 * mean_average_precision(logits.double().numpy(), y_test.numpy()).map,
-                  **health_measures(seen["query"], seen["attended"], seen["decoded"])}
+                  **decoder_health(head, x_test[:256])}  # on a fixed batch
         if norms:
             result["grad_norm"] = float(np.median(norms[-20:]))
             result["clipped_pct"] = 100 * float(np.mean(np.array(norms) > clip))

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from mlic.config import load_config
-from mlic.data.emoji import build_emoji_benchmark, validation_split
+from mlic.data.emoji import VALIDATION_FRACTION, build_emoji_benchmark
 from mlic.data.formats import load_table
 from mlic.data.images import load_rgb
 from mlic.data.transforms import eval_transform
@@ -79,7 +79,6 @@ TRAIN_EPOCHS = 4  # the accuracy models: the demo recipe, shortened
 # C-Tran at Lite0's full width (1280) did not finish one epoch in 14 minutes here (2.5 minutes an
 # epoch at 256, benchmarks/ctran.py's width).
 HEAD_OVERRIDES = {"ctran": ["model.head_params.hidden_dim=256"]}
-VALIDATION_FRACTION = 0.15  # of the training drawings, held out for selection and accuracy control
 
 
 def train_if_missing(run: Path, emoji: Path) -> None:
@@ -90,7 +89,7 @@ def train_if_missing(run: Path, emoji: Path) -> None:
         raise SystemExit(f"{run} holds no checkpoints/best.json: remove it to train it anew")
     head = run.name.split("_", 1)[-1]
     print(f"training {run} ({head} head, {TRAIN_EPOCHS} epochs of the demo recipe)", flush=True)
-    fit, val = validation_split(emoji, VALIDATION_FRACTION)
+    fit, val = emoji / "style_fit.csv", emoji / "style_val.csv"  # written by build_emoji_benchmark
     overrides = [f"data.train={fit}", f"data.val={val}", f"data.test={emoji / 'style_test.csv'}",
                  f"data.classes={emoji / 'labels.txt'}", f"output_dir={run.parent}",
                  f"name={run.name}", f"model.head={head}", f"train.epochs={TRAIN_EPOCHS}",

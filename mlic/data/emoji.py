@@ -45,6 +45,7 @@ DATASOURCE_VERSION = "16.0.0"
 VENDORS = ("google", "apple", "facebook", "twitter")
 TEST_FRACTION = 0.2  # of emoji groups, for the held-out-emoji protocol
 SPLITS = ("style_train", "style_test", "emoji_train", "emoji_test")
+VALIDATION_FRACTION = 0.15  # of style_train, held out as style_val.csv
 _REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
 
 
@@ -229,7 +230,7 @@ def build_emoji_benchmark(out_dir: str | Path, min_emoji_per_label: int = 10,
     return info
 
 
-def validation_split(out_dir: str | Path, fraction: float = 0.15, seed: int = 0
+def validation_split(out_dir: str | Path, fraction: float = VALIDATION_FRACTION, seed: int = 0
                      ) -> tuple[Path, Path]:
     """style_train.csv split into style_fit.csv (trained on) and style_val.csv (a random
     ``fraction``): other vendors' drawings of emoji that the fit split also has, as the Twitter

@@ -37,9 +37,10 @@ def last_cross_attention(head: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 @torch.no_grad()
 def decoder_health(model: nn.Module, images: torch.Tensor,
                    label_states: torch.Tensor | None = None) -> dict[str, float] | None:
-    """``attn_ratio`` and ``image_share`` (module doc) of ``model.head`` on a batch of images, in
-    eval mode; None if the head has no cross-attention or the batch has fewer than two images."""
-    found = last_cross_attention(model.head)
+    """``attn_ratio`` and ``image_share`` (module doc) of ``model.head`` (or of ``model`` itself, a
+    head fed with feature maps) on a batch, in eval mode; None if the head has no cross-attention
+    or the batch has fewer than two images."""
+    found = last_cross_attention(getattr(model, "head", model))
     if found is None or len(images) < 2:
         return None
     attention, layer = found
@@ -50,7 +51,7 @@ def decoder_health(model: nn.Module, images: torch.Tensor,
     was_training = model.training
     model.eval()
     try:
-        model(images, label_states)
+        model(images) if label_states is None else model(images, label_states)
     finally:
         for hook in hooks:
             hook.remove()
