@@ -105,6 +105,9 @@ DEFAULTS: dict[str, Any] = {
         # by SGD on the summed loss collapses in its first steps without it (docs/training.md,
         # "The decoder collapse"); later in a run the gradient is smaller and clipping stops acting.
         "grad_clip": 10.0,
+        # parts: the backbone's and the head's gradients clipped apart (a fresh decoder's gradient
+        # would otherwise take the whole norm: mlic.engine.clipping) | model: one global norm.
+        "grad_clip_scope": "parts",
         # Mixed precision (fp16): steps in a row skipped for an inf/nan loss or gradient before the
         # run stops; without a gradient scaler the first non-finite loss stops it.
         "max_skipped_steps": 20,
@@ -137,6 +140,7 @@ CHOICES = {
     "train.optimizer": ("adamw", "sgd", "adam"),
     "train.scheduler": ("onecycle", "cosine", "constant"),
     "train.sam_perturbation": ("global", "local"),
+    "train.grad_clip_scope": ("parts", "model"),
     "lr_finder.method": ("range", "trials"),
     "eval.empty_classes": ("skip", "zero"),
 }

@@ -108,7 +108,8 @@ def plain_step(trainer: Any) -> OptimizerStep:
     """A plain step on the trainer's model, loss and (base) optimizer, whatever its own step is."""
     cfg = trainer.config["train"]
     return OptimizerStep(trainer.model, trainer.loss_fn, trainer.optimizer, trainer.device,
-                         amp=cfg["amp"], grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"])
+                         amp=cfg["amp"], grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"],
+                         grad_clip_scope=cfg["grad_clip_scope"])
 
 
 def _batches(trainer: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -25,8 +25,8 @@ Details worth knowing:
   scaler's growth counter advances twice per SAM step: ``growth_interval`` counts passes.
 * BatchNorm running statistics are updated in both forward passes (as the reference does); with
   ``accumulate`` > 1 each chunk is normalised with its own batch statistics.
-* ``grad_clip`` (global norm) applies to the second gradient only; clipping the first would not
-  change e, which depends on g's direction alone.
+* ``grad_clip`` (per part or global, ``grad_clip_scope``: mlic.engine.clipping) applies to the
+  second gradient only; clipping the first would not change e, which depends on g's direction alone.
 * Weight decay is the base optimizer's business: e is computed from the loss gradient only.
 
 Gradient accumulation: with ``accumulate`` = k, ``__call__`` still takes one batch; it is split into
@@ -67,6 +67,7 @@ from torch import nn
 
 from mlic.engine import distributed
 from mlic.engine.accumulate import backward_in_chunks
+from mlic.engine.clipping import GradientClipper
 
 PERTURBATIONS = ("global", "local")
 
@@ -127,7 +128,8 @@ class SAMStep:
                  device: torch.device, amp: bool = False, grad_clip: float = 0.0,
                  rho: float = 0.05, adaptive: bool = False, accumulate: int = 1,
                  loss_reduction: str | None = None,
-                 scaler: torch.amp.GradScaler | None = None, perturbation: str = "global"):
+                 scaler: torch.amp.GradScaler | None = None, perturbation: str = "global",
+                 grad_clip_scope: str = "parts"):
         if rho < 0:
             raise ValueError(f"SAM: rho must be >= 0, got {rho}")
         if int(accumulate) < 1:
@@ -137,6 +139,7 @@ class SAMStep:
         self.local = perturbation == "local"
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.device, self.grad_clip = torch.device(device), float(grad_clip)
+        self.clipper = GradientClipper(model, grad_clip, grad_clip_scope) if grad_clip > 0 else None
         self.rho, self.adaptive, self.accumulate = float(rho), bool(adaptive), int(accumulate)
         self.loss_reduction = loss_reduction
         self.amp = amp and self.device.type == "cuda"
@@ -217,12 +220,13 @@ class SAMStep:
 
         loss = self._pass(images, targets, label_states)
         all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if self.grad_clip > 0:
-            norm = float(nn.utils.clip_grad_norm_(all_params, self.grad_clip))
+        if self.clipper is not None:
+            norm, self.clipped = self.clipper()
         else:
             with torch.no_grad():
                 norm = self._global_norm([p.grad for p in all_params if p.grad is not None])
-        self.grad_norm, self.clipped = norm, 0 < self.grad_clip < norm
+            self.clipped = False
+        self.grad_norm = norm
         if not math.isfinite(norm):
             return self._skip(loss, backup, params)
         with torch.no_grad():

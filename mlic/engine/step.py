@@ -9,13 +9,17 @@ import torch
 from torch import nn
 
 from mlic.engine.accumulate import backward_in_chunks
+from mlic.engine.clipping import GradientClipper
 
 
 class OptimizerStep:
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, amp: bool = False, grad_clip: float = 0.0, accumulate: int = 1):
+                 device: torch.device, amp: bool = False, grad_clip: float = 0.0, accumulate: int = 1,
+                 grad_clip_scope: str = "parts"):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.device, self.grad_clip, self.accumulate = device, grad_clip, int(accumulate)
+        # Clipping per part (backbone, head) by default: mlic.engine.clipping says why.
+        self.clipper = GradientClipper(model, grad_clip, grad_clip_scope) if grad_clip > 0 else None
         self.amp = amp and device.type == "cuda"
         fp16 = self.amp and not torch.cuda.is_bf16_supported()
         # A gradient scaler is only needed for fp16; bf16 has float32's range.
@@ -33,10 +37,9 @@ class OptimizerStep:
         # Forward and backward per chunk (losses in float32), gradients summed as for the whole batch.
         loss = backward_in_chunks(self.model, self.loss_fn, images, targets, self.scaler,
                                   self.device, self.amp, self.accumulate, label_states=label_states)
-        if self.grad_clip > 0:
+        if self.clipper is not None:
             self.scaler.unscale_(self.optimizer)
-            self.grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
-            self.clipped = self.grad_norm > self.grad_clip
+            self.grad_norm, self.clipped = self.clipper()
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()

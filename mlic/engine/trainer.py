@@ -213,12 +213,14 @@ class Trainer:
         if train_cfg["sam"]:
             self.step = SAMStep(self.train_model, self.loss_fn, self.optimizer, self.device,
                                 amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"],
+                                grad_clip_scope=train_cfg["grad_clip_scope"],
                                 rho=train_cfg["sam_rho"], adaptive=train_cfg["sam_adaptive"],
                                 accumulate=train_cfg["accumulate"],
                                 perturbation=train_cfg["sam_perturbation"])
         else:
             self.step = OptimizerStep(self.train_model, self.loss_fn, self.optimizer, self.device,
                                       amp=train_cfg["amp"], grad_clip=train_cfg["grad_clip"],
+                                      grad_clip_scope=train_cfg["grad_clip_scope"],
                                       accumulate=train_cfg["accumulate"])
         self.guard = NonFiniteGuard(train_cfg["max_skipped_steps"], self.step.scaler.is_enabled(),
                                     run_dir / "checkpoints")
