@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -59,35 +60,78 @@ def parse_known(items: list[str] | None) -> dict[str, str] | None:
     return known
 
 
+def writable_output(path: str | None) -> Path | None:
+    """``--output`` checked before any work: a file that can be created in an existing folder."""
+    import tempfile
+
+    from mlic.errors import DataError
+    if path is None:
+        return None
+    out = Path(path)
+    if out.is_dir():
+        raise DataError("--output is a folder; give a file name", out)
+    if not out.parent.is_dir():
+        raise DataError("--output: its folder does not exist", out)
+    try:  # the one sure test: make a file there (removed at once)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=out.parent)
+    except OSError as e:
+        raise DataError(f"--output: cannot write in its folder ({e.strerror})", out) from None
+    os.close(fd)
+    os.remove(probe)
+    return out
+
+
+def write_predictions(out, results: list[dict], label_names: list[str], fmt: str, top: int) -> None:
+    from mlic.spreadsheet import safe_row
+    if fmt == "json":
+        for r in results:
+            r["scores"] = dict(list(r["scores"].items())[:top]) if top else r["scores"]
+        json.dump(results, out, indent=2)
+        out.write("\n")
+    else:  # cells escaped: a label name from a model's metadata must not become a formula
+        writer = csv.writer(out)
+        writer.writerow(safe_row(["image", "labels", *label_names]))
+        for r in results:
+            writer.writerow(safe_row([r["image"], "|".join(r["labels"]),
+                                      *(f"{r['scores'][n]:.6f}" for n in label_names)]))
+
+
 def _predict(args: argparse.Namespace) -> None:
-    from mlic.inference import KnownLabelsIgnored, Predictor, expand_image_paths
+    from mlic.atomic import atomic_write
+    from mlic.errors import DataError
+    from mlic.inference import ImageSkipped, KnownLabelsIgnored, Predictor, expand_image_paths
+    output = writable_output(args.output)
+    images = expand_image_paths(args.images)
     predictor = Predictor.load(args.run, backend=args.backend, device=args.device,
                                precision=None if args.precision == "default" else args.precision)
+    predictor.max_pixels = args.max_image_pixels
     if args.threshold is not None:
         predictor.thresholds[:] = args.threshold
-    images = expand_image_paths(args.images)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", KnownLabelsIgnored)
-        results = predictor.predict(images, batch_size=args.batch_size, known=parse_known(args.known))
+        warnings.simplefilter("always", ImageSkipped)
+        results = predictor.predict(images, batch_size=args.batch_size,
+                                    known=parse_known(args.known), on_bad=args.on_bad_image)
+    skipped = [str(w.message) for w in caught if issubclass(w.category, ImageSkipped)]
     for warning in caught:
-        print(f"mlic predict: warning: {warning.message}", file=sys.stderr)
-    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
-    try:
-        if args.format == "json":
-            for r in results:
-                r["scores"] = dict(list(r["scores"].items())[:args.top]) if args.top else r["scores"]
-            json.dump(results, out, indent=2)
-            out.write("\n")
-        else:
-            writer = csv.writer(out)
-            writer.writerow(["image", "labels", *predictor.label_names])
-            for r in results:
-                writer.writerow([r["image"], "|".join(r["labels"]),
-                                 *(f"{r['scores'][n]:.6f}" for n in predictor.label_names)])
-    finally:
-        if args.output:
-            out.close()
-            print(f"{len(results)} predictions written to {args.output}", file=sys.stderr)
+        if not issubclass(warning.category, ImageSkipped):
+            print(f"mlic predict: warning: {warning.message}", file=sys.stderr)
+    if skipped:
+        print(f"mlic predict: skipped {len(skipped)} of {len(images)} images that cannot be read:",
+              file=sys.stderr)
+        print("\n".join(f"  {line}" for line in skipped), file=sys.stderr)
+    if output is None:
+        write_predictions(sys.stdout, results, predictor.label_names, args.format, args.top)
+        return
+
+    def write(temp: str) -> None:
+        with open(temp, "w", newline="", encoding="utf-8") as f:
+            write_predictions(f, results, predictor.label_names, args.format, args.top)
+    try:  # all or nothing: a full disk never leaves half a file over an earlier one
+        atomic_write(output, write)
+    except OSError as e:
+        raise DataError(f"cannot write the predictions ({e.strerror})", output) from None
+    print(f"{len(results)} predictions written to {output}", file=sys.stderr)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -240,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="file to write (default: standard output)")
     p.add_argument("--threshold", type=float, help="override the model's thresholds")
     p.add_argument("--top", type=int, default=10, help="scores to list per image in JSON (0: all)")
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
+                   help="an image that cannot be read: stop (default), or leave it out and list it")
+    p.add_argument("--max-image-pixels", type=int, default=128_000_000,
+                   help="larger images are refused from their header (decompression bombs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_predict)

@@ -38,6 +38,11 @@ DEFAULTS: dict[str, Any] = {
         "test": None,        # evaluated once at the end with the selected weights; optional
         "classes": None,     # label order: list or file; default: the training table's
         "image_size": 448,
+        # Images with more pixels are refused from their header, before decoding (a compressed
+        # file of a few hundred KB can decode to gigabytes: a decompression bomb). 128 MP holds
+        # the largest common camera frames (102 MP) and four 8K frames, while the model sees
+        # image_size^2 (0.2 MP at 448); raise it for larger real images.
+        "max_image_pixels": 128_000_000,
         "hide_fraction": 0.0,  # hide this share of the training labels (-1): simulated partial labels
         "num_workers": 2,
         # What is checked before training: decode (every file read, in parallel) | exists | none
@@ -146,6 +151,7 @@ CHOICES = {
 }
 
 POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "eval.batch_size",
+            "data.max_image_pixels",
             "train.accumulate", "train.patience", "train.head_lr_scale",
             "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every",
             "lr_finder.min_lr", "lr_finder.max_lr", "lr_finder.steps", "lr_finder.n_trials",
@@ -153,6 +159,23 @@ POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "
 NON_NEGATIVE = {"train.max_skipped_steps", "train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
                 "data.num_workers", "data.augment.shift", "data.augment.cutout"}
 AUTO_KEYS = {"train.lr"}  # may also be the string "auto"
+# Upper bounds, each with why: past them a value is a typo that would exhaust memory or overflow.
+MAXIMUM = {
+    "data.image_size": (8192, "an 8K frame's width; one 8192 px input is 0.8 GB as float32 "
+                              "before the first layer"),
+    "data.num_workers": (512, "loader processes; more than any machine has cores"),
+    "data.max_image_pixels": (2_000_000_000, "2 gigapixels decode to 8 GB or more"),
+    "train.lr": (100, "no optimizer mlic has trains at steps that large"),
+    "lr_finder.min_lr": (100, "no optimizer mlic has trains at steps that large"),
+    "lr_finder.max_lr": (100, "no optimizer mlic has trains at steps that large"),
+}
+# Every other count: 2^31 - 1 is far past a year-long run (epochs, steps) and is what torch's
+# 32-bit sizes hold.
+MAX_INT = (2**31 - 1, "counts this large are typos")
+# A config with more values than this, YAML aliases expanded, is refused: aliases of aliases
+# (a "billion laughs" document) would otherwise expand exponentially when config.yaml is written.
+MAX_VALUES = 1_000_000
+MAX_DEPTH = 64
 UNIT_INTERVAL = {"eval.threshold", "data.hide_fraction", "train.label_mask", "train.ema", "train.pct_start", "data.augment.cutout",
                  "train.es_smoothing",
                  "data.augment.cutout_p", "train.momentum", "model.drop_rate", "lr_finder.smoothing"}
@@ -174,6 +197,9 @@ def parse_value(text: str) -> Any:
         return yaml.load(text, Loader=ConfigLoader)
     except yaml.YAMLError:
         return text  # e.g. a path with a colon: the string as typed
+    except RecursionError:
+        raise ConfigError(f"override value nested deeper than Python can read: "
+                          f"{text[:40]}...") from None
 
 
 def default_config() -> dict[str, Any]:
@@ -195,6 +221,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested deeper than Python can read") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(loaded).__name__}")
         merge(config, loaded, where=str(path))
@@ -277,6 +305,7 @@ def _walk(config: Mapping, schema: Mapping, prefix: str = ""):
 
 def check(config: Mapping[str, Any]) -> None:
     """Types and ranges of every schema key; raises one ConfigError naming the key."""
+    check_size(config)
     for key, value, default in _walk(config, DEFAULTS):
         if value is None or default is None or key in FREE_KEYS:
             continue
@@ -290,13 +319,46 @@ def check(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"'{key}' must be {expected.__name__}, got {value!r}")
         if key in CHOICES and CHOICES[key] and value not in CHOICES[key]:
             raise ConfigError(f"'{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
+        limit, why = MAXIMUM.get(key, MAX_INT if expected is int else (None, ""))
+        if limit is not None and value > limit:
+            raise ConfigError(f"'{key}' must be <= {limit:,}, got {value!r} ({why})")
         if key in POSITIVE and value <= 0:
             raise ConfigError(f"'{key}' must be > 0, got {value!r}")
         if key in NON_NEGATIVE and value < 0:
             raise ConfigError(f"'{key}' must be >= 0, got {value!r}")
         if key in UNIT_INTERVAL and not 0 <= value <= 1:
             raise ConfigError(f"'{key}' must be in [0, 1], got {value!r}")
+    check_backbone(config["model"]["backbone"])
     check_components(config)
+
+
+def check_size(config: Mapping[str, Any]) -> None:
+    """At most MAX_VALUES values (aliases counted as often as they are used) and MAX_DEPTH levels.
+    Counting stops at the bound, so a document that would expand to billions costs no more."""
+    count, stack = 0, [(config, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"the config holds more than {MAX_VALUES:,} values once YAML aliases "
+                              f"are expanded (aliases of aliases?); refused, as writing it out "
+                              f"would take memory without end")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"the config is nested more than {MAX_DEPTH} levels deep")
+        children = node.values() if isinstance(node, Mapping) else \
+            node if isinstance(node, (list, tuple)) else ()
+        stack.extend((child, depth + 1) for child in children)
+
+
+def check_backbone(name: Any) -> None:
+    """A timm model name, not a path or a hub id: timm would read those as a local folder or a
+    download, which an exported model or a resume could not find again."""
+    if isinstance(name, str) and (not name.strip() or any(c in name for c in "/\\:")):
+        raise ConfigError(f"'model.backbone' must be a timm model name such as "
+                          f"'tf_efficientnetv2_s.in21k', got {name!r}; for local weights set "
+                          f"model.weights=FILE")
 
 
 # Ranges of head parameters by name (every integer head parameter is a count or a width: >= 1).

@@ -30,6 +30,10 @@ class WeightsError(MlicError):
     """A weights file or checkpoint cannot be loaded."""
 
 
+class DataWarning(UserWarning):
+    """Input that is used, but not all of it or not as it may have been meant (named in the text)."""
+
+
 def did_you_mean(word: object, options: Iterable[str], prefix: str = "") -> str:
     """`` (did you mean 'x'?)`` with the closest of ``options``, or "" when none is close."""
     close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)

@@ -21,6 +21,7 @@ from mlic.engine.label_mask import evaluation_label_states, unknown_only
 from mlic.engine.trainer import make_loader, resolve_device
 from mlic.errors import ConfigError
 from mlic.report import write_report_or_warn
+from mlic.spreadsheet import safe_row
 from mlic.thresholds import model_thresholds
 
 
@@ -81,8 +82,9 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
     if run.is_dir():
         write_json(run / f"eval_{name}.json", report)
         with open(run / f"per_class_ap_{name}.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["label", "AP", "positives"])
-            writer.writeheader()
-            writer.writerows(report["per_class"])
+            writer = csv.writer(f)
+            writer.writerow(["label", "AP", "positives"])
+            writer.writerows(safe_row((row["label"], row["AP"], row["positives"]))
+                             for row in report["per_class"])
         write_report_or_warn(run)  # the run's report.html shows the new evaluation; never fails it
     return report

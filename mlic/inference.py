@@ -11,6 +11,10 @@ Known labels: ``predict(images, known={"dog": 1, "cat": 0})`` (or one dict per i
 that takes label states (C-Tran) what is already known; other labels stay unknown (-1). Label names
 the model does not have are an error. Models without label states cannot use them: their
 predictions are unchanged and a ``KnownLabelsIgnored`` warning says so.
+
+Unreadable images: ``on_bad="error"`` (default) stops at the first with its ``DataError``;
+``on_bad="skip"`` leaves each out of the results with an ``ImageSkipped`` warning naming the file
+and the problem, so one bad file does not cost the other predictions.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mlic.data.images import load_rgb, to_rgb
+from mlic.data.images import MAX_PIXELS, load_rgb, to_rgb
+from mlic.data.table import label_name
 from mlic.data.transforms import eval_transform
 from mlic.errors import DataError, did_you_mean
 from mlic.export.runtime import TorchRuntime, load_runtime
@@ -58,6 +63,10 @@ class KnownLabelsIgnored(UserWarning):
     """Known labels were given to a model whose head cannot use them (no label states)."""
 
 
+class ImageSkipped(UserWarning):
+    """An image that cannot be read was left out of the predictions (``on_bad="skip"``)."""
+
+
 Known = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 _STATE_VALUES = {1: 1.0, 0: 0.0, -1: -1.0, "1": 1.0, "0": 0.0, "-1": -1.0}
 
@@ -70,13 +79,14 @@ class Predictor:
         self.runtime = TorchRuntime(model, device) if isinstance(model, torch.nn.Module) else model
         self.model = getattr(self.runtime, "model", None)  # the nn.Module on the torch backend
         self.metadata = metadata
-        self.label_names: list[str] = list(metadata["label_names"])
+        self.label_names: list[str] = [label_name(n) for n in metadata["label_names"]]
         self.runtime.num_classes = len(self.label_names)
         thresholds = metadata.get("thresholds", 0.5)
         self.thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64),
                                           (len(self.label_names),)).copy()
         self.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
         self.transform = eval_transform(self.preprocessing)
+        self.max_pixels: int | None = MAX_PIXELS  # larger images are refused (decompression bombs)
 
     @classmethod
     def load(cls, path: str | Path, backend: str | None = None, device: str = "cpu",
@@ -102,7 +112,7 @@ class Predictor:
 
     def _tensor(self, image: str | Path | Image.Image | np.ndarray) -> torch.Tensor:
         if isinstance(image, (str, Path)):
-            image = load_rgb(image)
+            image = load_rgb(image, max_pixels=self.max_pixels)
         elif isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
                 raise DataError(f"an image array must be HxWx3 (or 4) uint8, got {image.shape} "
@@ -131,6 +141,7 @@ class Predictor:
                 raise DataError(f"known labels: expected a dict of label -> 1/0, got "
                                 f"{type(row).__name__}")
             for name, value in row.items():
+                name = label_name(name)
                 if name not in index:
                     strangers.append(str(name))
                     continue
@@ -154,27 +165,45 @@ class Predictor:
 
     def scores(self, images: Sequence[Any], batch_size: int = 32, known: Known = None) -> np.ndarray:
         """Probabilities, shape (len(images), num_labels)."""
-        return self._scores(images, batch_size, self.label_states(known, len(images), 3))
+        return self._scores(images, batch_size, self.label_states(known, len(images), 3))[0]
 
-    def _scores(self, images: Sequence[Any], batch_size: int, states: np.ndarray | None
-                ) -> np.ndarray:
-        out = []
+    def _scores(self, images: Sequence[Any], batch_size: int, states: np.ndarray | None,
+                on_bad: str = "error") -> tuple[np.ndarray, list[int]]:
+        """(scores, the indices of ``images`` they belong to): under ``on_bad="skip"`` images that
+        cannot be read are left out, each with an ImageSkipped warning."""
+        if on_bad not in ("error", "skip"):
+            raise DataError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+        out, kept = [], []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self._tensor(im) for im in images[start:start + batch_size]])
-            rows = None if states is None else states[start:start + batch_size]
-            out.append(self.runtime(batch.numpy(), rows))
+            tensors, rows = [], []
+            for i in range(start, min(start + batch_size, len(images))):
+                try:
+                    tensors.append(self._tensor(images[i]))
+                except DataError as e:
+                    if on_bad != "skip":
+                        raise
+                    warnings.warn(str(e), ImageSkipped, stacklevel=3)
+                    continue
+                rows.append(i)
+            if not tensors:
+                continue
+            states_rows = None if states is None else states[rows]
+            out.append(self.runtime(torch.stack(tensors).numpy(), states_rows))
+            kept += rows
         if not out:
-            return np.zeros((0, len(self.label_names)))
-        return np.concatenate(out).astype(np.float64)
+            return np.zeros((0, len(self.label_names))), kept
+        return np.concatenate(out).astype(np.float64), kept
 
     def predict(self, images: Sequence[Any] | str | Path, batch_size: int = 32,
-                known: Known = None) -> list[dict[str, Any]]:
-        """One dict per image: ``image``, ``labels`` (decided positive, best first), ``scores``."""
+                known: Known = None, on_bad: str = "error") -> list[dict[str, Any]]:
+        """One dict per image: ``image``, ``labels`` (decided positive, best first), ``scores``.
+        ``on_bad="skip"``: images that cannot be read are left out (an ImageSkipped warning each)."""
         if isinstance(images, (str, Path)):
             images = [images]
-        scores = self._scores(images, batch_size, self.label_states(known, len(images), 3))
+        scores, kept = self._scores(images, batch_size, self.label_states(known, len(images), 3),
+                                    on_bad)
         results = []
-        for image, row in zip(images, scores):
+        for image, row in zip((images[i] for i in kept), scores):
             order = np.argsort(-row, kind="stable")
             results.append({
                 "image": str(image) if isinstance(image, (str, Path)) else None,

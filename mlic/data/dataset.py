@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from mlic.data.images import load_rgb
+from mlic.data.images import MAX_PIXELS, load_rgb
 from mlic.data.table import LabelTable
 from mlic.data.validate import validate_images
 from mlic.errors import DataError
@@ -18,11 +18,13 @@ MAX_REPLACEMENTS = 16  # this many unreadable images in a row: the data is gone,
 class MultiLabelDataset(Dataset):
     """``on_bad="skip"``: an image that cannot be read (e.g. deleted after the up-front check) is
     replaced by the next readable one of the split, so batches keep their size and the schedule its
-    length; each replacement is appended to ``failure_log`` (one line, safe from worker processes)."""
+    length; each replacement is appended to ``failure_log`` (one line, safe from worker processes).
+    ``max_pixels``: larger images are refused from their header (``data.max_image_pixels``)."""
 
     def __init__(self, table: LabelTable, transform: Callable, on_bad: str = "error",
-                 failure_log: Path | None = None):
+                 failure_log: Path | None = None, max_pixels: int | None = MAX_PIXELS):
         self.table = table
+        self.max_pixels = max_pixels
         self.transform = transform
         self.targets = torch.from_numpy(table.targets.astype("float32"))
         self.on_bad, self.failure_log = on_bad, failure_log
@@ -32,11 +34,12 @@ class MultiLabelDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.on_bad != "skip":
-            return self.transform(load_rgb(self.table.image_path(index))), self.targets[index]
+            image = load_rgb(self.table.image_path(index), max_pixels=self.max_pixels)
+            return self.transform(image), self.targets[index]
         for attempt in range(MAX_REPLACEMENTS):
             row = (index + attempt) % len(self.table)
             try:
-                image = load_rgb(self.table.image_path(row))
+                image = load_rgb(self.table.image_path(row), max_pixels=self.max_pixels)
             except DataError as e:
                 self._record(e)
                 continue

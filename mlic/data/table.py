@@ -9,9 +9,13 @@ one row per image and one column per label:
 
 Everything downstream (datasets, losses, metrics, label statistics) reads this table and nothing
 else, so a new annotation format is one function that returns a ``LabelTable``.
+
+Label names are Unicode NFC (``label_name``): "café" typed as one code point or as "e" plus a
+combining accent prints the same and is one label, whichever file or tool it came from.
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,6 +25,11 @@ import numpy as np
 from mlic.errors import DataError
 
 POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
+
+
+def label_name(name: object) -> str:
+    """A label name in the one form mlic compares names in (Unicode NFC)."""
+    return unicodedata.normalize("NFC", str(name))
 
 
 @dataclass
@@ -34,7 +43,7 @@ class LabelTable:
 
     def __post_init__(self) -> None:
         self.paths = [str(p) for p in self.paths]
-        self.label_names = [str(n) for n in self.label_names]
+        self.label_names = [label_name(n) for n in self.label_names]
         self.targets = np.asarray(self.targets, dtype=np.int8)
         if self.root is not None:
             self.root = Path(self.root)
@@ -79,6 +88,7 @@ class LabelTable:
         and ``label_names`` lacks are dropped. Used to align a validation split to the training labels.
         """
         fill = {"negative": NEGATIVE, "unknown": UNKNOWN}[missing]
+        label_names = [label_name(n) for n in label_names]
         position = {name: j for j, name in enumerate(self.label_names)}
         out = np.full((len(self), len(label_names)), fill, dtype=np.int8)
         for j, name in enumerate(label_names):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mlic.data.images import load_rgb
+from mlic.data.images import MAX_PIXELS, load_rgb, regular_file
 from mlic.data.table import LabelTable
 from mlic.errors import DataError
 
@@ -25,19 +25,21 @@ SHOWN = 20  # problems listed in the error message; all of them go to the report
 DRAFT = 64  # JPEGs decoded at >= 64 px a side: a fraction of the time of a full decode
 
 
-def check_one(path: Path, how: str) -> str | None:
+def check_one(path: Path, how: str, max_pixels: int | None = MAX_PIXELS) -> str | None:
     """Why the image at ``path`` cannot be used, or None."""
-    if how == "exists":
-        return None if path.is_file() else f"{path}: image file not found"
     try:
-        load_rgb(path, draft=DRAFT)
+        if how == "exists":
+            regular_file(path)
+        else:
+            load_rgb(path, draft=DRAFT, max_pixels=max_pixels)
     except DataError as e:
         return str(e)
     return None
 
 
 def find_bad_images(table: LabelTable, how: str = "decode", progress: bool = True,
-                    threads: int | None = None) -> list[tuple[int, str]]:
+                    threads: int | None = None, max_pixels: int | None = MAX_PIXELS
+                    ) -> list[tuple[int, str]]:
     """(row, "path: reason") for every image of ``table`` that fails the check ``how``."""
     if how not in CHECKS:
         raise DataError(f"unknown image check {how!r}; one of {', '.join(CHECKS)}")
@@ -46,24 +48,25 @@ def find_bad_images(table: LabelTable, how: str = "decode", progress: bool = Tru
     paths = [table.image_path(i) for i in range(len(table))]
     threads = threads or min(16, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(threads) as pool:
-        results = pool.map(check_one, paths, [how] * len(paths), chunksize=64)
+        results = pool.map(check_one, paths, [how] * len(paths), [max_pixels] * len(paths),
+                           chunksize=64)
         results = tqdm(results, total=len(paths), desc=f"checking images ({how})", leave=False,
                        disable=not progress or how == "exists", mininterval=1.0)
         return [(i, problem) for i, problem in enumerate(results) if problem is not None]
 
 
 def validate_images(table: LabelTable, how: str = "decode", on_bad: str = "error",
-                    progress: bool = True, report: Path | None = None, hint: str = ""
-                    ) -> tuple[LabelTable, list[str]]:
+                    progress: bool = True, report: Path | None = None, hint: str = "",
+                    max_pixels: int | None = MAX_PIXELS) -> tuple[LabelTable, list[str]]:
     """Check ``table``'s images; returns (the usable table, the problems found).
 
     ``on_bad="error"``: any problem raises one DataError listing them (all of them in ``report``,
     a text file, when given; ``hint`` ends its first line). ``on_bad="skip"``: the table without
-    the bad rows.
+    the bad rows. ``max_pixels``: larger images are refused (``data.max_image_pixels``).
     """
     if on_bad not in ON_BAD:
         raise DataError(f"unknown on_bad_image {on_bad!r}; one of {', '.join(ON_BAD)}")
-    bad = find_bad_images(table, how, progress)
+    bad = find_bad_images(table, how, progress, max_pixels=max_pixels)
     problems = [problem for _, problem in bad]
     if problems and report is not None:
         with open(report, "a", encoding="utf-8") as f:

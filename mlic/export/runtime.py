@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlic.errors import ConfigError
-from mlic.export.metadata import read_onnx_metadata, read_openvino_metadata
+from mlic.errors import ConfigError, WeightsError
+from mlic.export.metadata import check_graph, read_onnx_metadata, read_openvino_metadata
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
@@ -67,14 +67,29 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001  onnxruntime's errors have no common type
+            raise WeightsError(f"{path}: onnxruntime cannot load it "
+                               f"({_first_line(e)})") from None
+        self.source = path
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.takes_label_states = "label_states" in self.input_names
         self.compute = "f32"
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        _check_io(self, inputs, outputs, path)
 
     def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None,
                  output: str = "probabilities") -> np.ndarray:
-        return self.session.run([output], _feeds(self, images, label_states))[0].astype(np.float64)
+        feeds = _feeds(self, images, label_states)
+        try:
+            result = self.session.run([output], feeds)[0]
+        except Exception as e:  # noqa: BLE001  a graph that loads but cannot run these inputs
+            raise WeightsError(f"{self.source}: onnxruntime failed to run it "
+                               f"({_first_line(e)})") from None
+        return _checked(self, result, images.shape[0])
 
 
 class OpenVinoRuntime:
@@ -82,20 +97,70 @@ class OpenVinoRuntime:
     f32); "f32" forces float32, as parity checks need."""
     backend = "openvino"
 
-    def __init__(self, model, precision: str | None = None, threads: int | None = None):
+    def __init__(self, model, precision: str | None = None, threads: int | None = None,
+                 source: str | Path = "OpenVINO model"):
         from mlic.export.openvino import compile_openvino
-        self.compiled = compile_openvino(model, precision, threads)
+        self.source = source
+        try:
+            self.compiled = compile_openvino(model, precision, threads)
+        except RuntimeError as e:
+            raise WeightsError(f"{source}: OpenVINO cannot compile it "
+                               f"({_first_line(e)})") from None
         self.request = self.compiled.create_infer_request()
         self.input_names = [next(iter(i.get_names())) for i in self.compiled.inputs]
         self.takes_label_states = "label_states" in self.input_names
         self.outputs = {name: o for o in self.compiled.outputs for name in o.get_names()}
+        shapes = {name: [d.get_length() if d.is_static else None for d in o.get_partial_shape()]
+                  for name, o in self.outputs.items()}
+        inputs = {next(iter(i.get_names())): [d.get_length() if d.is_static else None
+                                              for d in i.get_partial_shape()]
+                  for i in self.compiled.inputs}
+        _check_io(self, inputs, shapes, source)
         # What the CPU plugin actually computes in (f32, or bf16 by default where the CPU has it).
         self.compute = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 
     def __call__(self, images: np.ndarray, label_states: np.ndarray | None = None,
                  output: str = "probabilities") -> np.ndarray:
-        result = self.request.infer(_feeds(self, images, label_states))
-        return np.array(result[self.outputs[output]], dtype=np.float64)
+        try:
+            result = self.request.infer(_feeds(self, images, label_states))
+        except RuntimeError as e:
+            raise WeightsError(f"{self.source}: OpenVINO failed to run it "
+                               f"({_first_line(e)})") from None
+        return _checked(self, result[self.outputs[output]], images.shape[0])
+
+
+def _checked(runtime, scores, batch: int) -> np.ndarray:
+    """(batch, one score per label) float64, or a WeightsError: an output whose width the graph
+    left open is checked against the metadata's labels here, on the first call."""
+    scores = np.asarray(scores, dtype=np.float64)
+    expected = (batch, getattr(runtime, "num_classes", scores.shape[-1]))
+    if scores.shape != expected:
+        raise WeightsError(f"{runtime.source}: the graph gave scores of shape {scores.shape} for "
+                           f"{batch} images, but its metadata names {expected[1]} labels")
+    return scores
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def _check_io(runtime, inputs: dict[str, list], outputs: dict[str, list], source) -> None:
+    """The graph has mlic's input and output; their static sizes, for ``check_graph``.
+    A dimension that is not a fixed number is None (unknown until the first call)."""
+    def fixed(shape: list, axis: int) -> int | None:
+        value = shape[axis] if len(shape) > axis else None
+        return value if isinstance(value, int) and value > 0 else None
+    if "images" not in inputs or "probabilities" not in outputs:
+        raise WeightsError(f"{source}: not an mlic graph (inputs {sorted(inputs)}, outputs "
+                           f"{sorted(outputs)}; mlic needs 'images' and 'probabilities')")
+    if len(inputs["images"]) != 4 or len(outputs["probabilities"]) != 2:
+        raise WeightsError(f"{source}: input 'images' must be (batch, 3, size, size) and output "
+                           f"'probabilities' (batch, classes), got {inputs['images']} and "
+                           f"{outputs['probabilities']}")
+    runtime.output_width = fixed(outputs["probabilities"], 1)
+    runtime.input_size = fixed(inputs["images"], 2)
+    runtime.output_names = sorted(outputs)
 
 
 def _type_name(element_type) -> str:
@@ -163,7 +228,9 @@ def load_runtime(path: str | Path, backend: str | None = None, device: str = "cp
         except RuntimeError as e:
             raise ConfigError(f"{path}: OpenVINO cannot read it ({str(e).splitlines()[0]})") from None
         metadata = read_onnx_metadata(path) if suffix == ".onnx" else read_openvino_metadata(model, path)
-        runtime = OpenVinoRuntime(model, precision, threads)
+        runtime = OpenVinoRuntime(model, precision, threads, source=path)
+    if exported:
+        check_graph(metadata, runtime.output_width, runtime.input_size, path)
     runtime.num_classes = len(metadata["label_names"])
     runtime.weights = metadata.get("export", {}).get("precision", "fp32")  # fp32 or int8
     _warn_if_int8_may_saturate(metadata, path)

@@ -6,10 +6,10 @@ single entry point the rest of mlic uses.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from mlic.data.formats._paths import not_utf8, read_json
 from mlic.data.formats.coco import load_coco
 from mlic.data.formats.csv_table import load_csv
 from mlic.data.formats.json_list import load_json_list
@@ -42,18 +42,22 @@ def detect_format(path: str | Path) -> str:
         raise DataError("a folder that is neither a VOC2007 nor a NUS-WIDE root; "
                         "give data.*.format explicitly", path)
     if path.suffix.lower() == ".json":
-        try:
-            with open(path, encoding="utf-8") as f:
-                head = json.load(f)
-        except (OSError, ValueError) as e:
-            raise DataError(f"not readable JSON ({e})", path) from None
-        if isinstance(head, dict) and "categories" in head and "images" in head:
+        head = read_json(path, "annotation file")
+        # COCO's keys; a COCO file that lacks one of them is still told about COCO's keys
+        if isinstance(head, dict) and "images" in head and ("categories" in head
+                                                             or "annotations" in head):
             return "coco"
         return "json"
     if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-        return "openimages" if "ImageID" in first and "LabelName" in first else "csv"
+        try:
+            with open(path, "rb") as f:
+                first = f.readline(65536)
+            first.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DataError(f"cannot read the CSV file: {not_utf8(e)}", path) from None
+        except OSError as e:
+            raise DataError(f"cannot read the CSV file ({e.strerror})", path) from None
+        return "openimages" if b"ImageID" in first and b"LabelName" in first else "csv"
     raise DataError("cannot tell the annotation format from the file name; set format: "
                     + " | ".join(FORMATS), path)
 

@@ -6,8 +6,11 @@ hostile annotation file, so it is refused unless the user opts in with ``allow_o
 """
 from __future__ import annotations
 
+import codecs
+import json
 import posixpath
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 from mlic.errors import DataError
 
@@ -49,8 +52,32 @@ def read_text(path: Path, what: str = "annotation file") -> str:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{what} not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise DataError(f"cannot read {what}: {not_utf8(e)}", path) from None
+    except OSError as e:
         raise DataError(f"cannot read {what}: {e}", path) from None
+
+
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """What to tell about a file that is not UTF-8: spreadsheets save UTF-16 or Latin-1."""
+    head = bytes(error.object[:4])
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        kind = "UTF-16 text"
+    else:
+        kind = f"byte 0x{error.object[error.start]:02x} at offset {error.start} is not UTF-8 " \
+               f"(Latin-1 or another legacy encoding?)"
+    return f"not UTF-8 text: {kind}; save it as UTF-8"
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file's content; damaged or absurdly nested JSON is a DataError, not a traceback."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise DataError(f"not valid JSON ({e})", path) from None
+    except RecursionError:
+        raise DataError("JSON nested deeper than Python can read", path) from None
 
 
 def as_bool(value: object, name: str, source: object) -> bool:

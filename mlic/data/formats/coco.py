@@ -12,13 +12,12 @@ names ordered by category id, which is the order the multi-label literature uses
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlic.data.formats._paths import as_bool, image_root, read_text, safe_relative
+from mlic.data.formats._paths import as_bool, image_root, read_json, safe_relative
 from mlic.data.table import POSITIVE, LabelTable
 from mlic.errors import DataError
 
@@ -59,10 +58,7 @@ def load_coco(path: str | Path, root: str | Path | None = None, include_crowd: b
     path = Path(path)
     include_crowd = as_bool(include_crowd, "include_crowd", path)
     allow_outside_root = as_bool(allow_outside_root, "allow_outside_root", path)
-    try:
-        data = json.loads(read_text(path, "COCO annotation file"))
-    except ValueError as e:
-        raise DataError(f"not valid JSON ({e})", path) from None
+    data = read_json(path, "COCO annotation file")
     if not isinstance(data, dict):
         raise DataError("a COCO file must be a JSON object with images, annotations, categories",
                         path)

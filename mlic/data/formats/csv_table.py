@@ -11,31 +11,37 @@
 negative); the optional ``unknown`` column lists labels whose state nobody knows (-1). Label
 order is the ``classes`` option (names, or a text file with one name per line) when given, else
 the sorted names found in the file. Image paths are relative to the CSV's folder unless a
-``root`` is given. ``save_csv`` writes the same format, so a ``LabelTable`` round-trips.
+``root`` is given. Other columns (exports often add some) are ignored, with a ``DataWarning``.
+``save_csv`` writes the same format, so a ``LabelTable`` round-trips.
+
+A wrong ``separator`` would silently make each combination of labels one label ("cat;dog"); when
+no image has two labels and names hold another common separator, that is an error that says so.
 """
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from mlic.data.formats._paths import as_bool, image_root, read_text, safe_relative
-from mlic.data.table import POSITIVE, UNKNOWN, LabelTable
-from mlic.errors import DataError
+from mlic.data.table import POSITIVE, UNKNOWN, LabelTable, label_name
+from mlic.errors import DataError, DataWarning
 
 COLUMNS = ("image", "labels", "unknown")
+SEPARATORS = ("|", ";", ",")  # the separators label lists are commonly written with
 
 
 def read_class_list(classes: str | Path | Sequence[str]) -> list[str]:
     """Label names from a list, or from a text file with one name per line."""
     if isinstance(classes, (str, Path)):
         source = Path(classes).expanduser()
-        names = [line.strip() for line in read_text(source, "class list").splitlines()]
+        names = [label_name(line.strip()) for line in read_text(source, "class list").splitlines()]
         names = [n for n in names if n]
     else:
-        source, names = "classes option", [str(n) for n in classes]
+        source, names = "classes option", [label_name(n) for n in classes]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise DataError(f"class {repeated[0]!r} is listed twice", source)
@@ -57,12 +63,17 @@ def load_csv(path: str | Path, root: str | Path | None = None, separator: str = 
             else "the classes option"
     rows = csv.reader(read_text(path, "CSV label file").splitlines())
     header = [c.strip() for c in next(rows, [])]
-    if header[:2] != ["image", "labels"] or header[2:] not in ([], ["unknown"]):
+    col = {name: header.index(name) for name in COLUMNS if header.count(name) == 1}
+    if "image" not in col or "labels" not in col or any(header.count(n) > 1 for n in COLUMNS):
         raise DataError(f"header is {','.join(header)!r}, expected image,labels or "
-                        "image,labels,unknown", path)
+                        "image,labels,unknown (once each; other columns are ignored)", path)
+    ignored = [name or f"column {j + 1}" for j, name in enumerate(header) if name not in COLUMNS]
+    if ignored:
+        warnings.warn(f"{path}: ignored columns {', '.join(map(repr, ignored))} (mlic reads "
+                      f"{', '.join(c for c in COLUMNS if c in col)})", DataWarning, stacklevel=3)
 
     def names_in(cell: str) -> list[str]:
-        return [name.strip() for name in cell.split(separator) if name.strip()]
+        return [label_name(name.strip()) for name in cell.split(separator) if name.strip()]
 
     paths: list[str] = []
     entries: list[tuple[list[str], list[str], int]] = []
@@ -76,12 +87,14 @@ def load_csv(path: str | Path, root: str | Path | None = None, separator: str = 
                 raise DataError(f"line {line_no}: {len(row)} fields, the header has "
                                 f"{len(header)} (quote paths that contain commas)", path)
             row = row + [""] * (len(header) - len(row))  # trailing empty cells may be left out
-            rel = safe_relative(row[0], root, f"{path}, line {line_no}", allow_outside_root)
+            rel = safe_relative(row[col["image"]], root, f"{path}, line {line_no}",
+                                allow_outside_root)
             if rel in seen:
                 raise DataError(f"line {line_no}: image {rel!r} is listed twice (first on line "
                                 f"{seen[rel]})", path)
             seen[rel] = line_no
-            positive, unknown = names_in(row[1]), names_in(row[2]) if len(header) > 2 else []
+            positive = names_in(row[col["labels"]])
+            unknown = names_in(row[col["unknown"]]) if "unknown" in col else []
             both = set(positive) & set(unknown)
             if both:
                 raise DataError(f"line {line_no}: {sorted(both)[0]!r} is both a label and unknown",
@@ -93,15 +106,41 @@ def load_csv(path: str | Path, root: str | Path | None = None, separator: str = 
 
     if classes is None:
         names, known = sorted({n for pos, unk, _ in entries for n in pos + unk}), "the labels"
+        check_separator(names, entries, separator, path)
     column = {name: j for j, name in enumerate(names)}
     targets = np.zeros((len(paths), len(names)), dtype=np.int8)
     for i, (positive, unknown, line_no) in enumerate(entries):
         for state, found in ((POSITIVE, positive), (UNKNOWN, unknown)):
             for name in found:
                 if name not in column:
-                    raise DataError(f"line {line_no}: label {name!r} is not in {known}", path)
+                    hint = separator_hint(name, set(names), separator)
+                    raise DataError(f"line {line_no}: label {name!r} is not in {known}{hint}", path)
                 targets[i, column[name]] = state
     return LabelTable(paths, names, targets, root, str(path))
+
+
+def separator_hint(name: str, known: set[str], separator: str) -> str:
+    """"; is the separator ';'?" when ``name`` splits on a common separator into known labels."""
+    for other in SEPARATORS:
+        parts = [p.strip() for p in name.split(other)]
+        if other != separator and len(parts) > 1 and all(p in known for p in parts):
+            return f"; is the separator {other!r}? (option separator, now {separator!r})"
+    return ""
+
+
+def check_separator(names: list[str], entries: list, separator: str, path: Path) -> None:
+    """No image with two labels, yet label names that hold another separator: a wrong separator
+    made each combination one label, which training would silently learn as such."""
+    if any(len(pos) + len(unk) > 1 for pos, unk, _ in entries):
+        return
+    for other in SEPARATORS:
+        joined = [n for n in names if other != separator and other in n]
+        if joined and len(joined) >= len(names) / 4:
+            raise DataError(
+                f"no image has two labels joined by the separator {separator!r}, but "
+                f"{len(joined)} of {len(names)} label names contain {other!r} (e.g. "
+                f"{joined[0]!r}): each combination would be one label; set the option separator="
+                f"{other!r}, or give the classes option if these names are right", path)
 
 
 def save_csv(table: LabelTable, path: str | Path, separator: str = "|",

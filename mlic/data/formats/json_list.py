@@ -14,14 +14,13 @@ listed are negative, those in ``unknown`` are -1. Paths are relative to the JSON
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlic.data.formats._paths import as_bool, image_root, read_text, safe_relative
-from mlic.data.table import POSITIVE, UNKNOWN, LabelTable
+from mlic.data.formats._paths import as_bool, image_root, read_json, safe_relative
+from mlic.data.table import POSITIVE, UNKNOWN, LabelTable, label_name
 from mlic.errors import DataError
 
 
@@ -32,6 +31,7 @@ def _columns(labels: Any, classes: list[str], column: dict[str, int], where: str
     out = []
     for label in labels:
         if isinstance(label, str):
+            label = label_name(label)
             if label not in column:
                 raise DataError(f"{where}: unknown class {label!r}", path)
             out.append(column[label])
@@ -50,16 +50,14 @@ def load_json_list(path: str | Path, root: str | Path | None = None,
     """Read a ``{"classes": [...], "images": [...]}`` file."""
     path = Path(path)
     allow_outside_root = as_bool(allow_outside_root, "allow_outside_root", path)
-    try:
-        data = json.loads(read_text(path, "JSON label file"))
-    except ValueError as e:
-        raise DataError(f"not valid JSON ({e})", path) from None
+    data = read_json(path, "JSON label file")
     if not isinstance(data, dict) or not isinstance(data.get("classes"), list) \
             or not isinstance(data.get("images"), list):
         raise DataError('expected an object with a "classes" list and an "images" list', path)
     classes = data["classes"]
     if not all(isinstance(c, str) and c for c in classes):
         raise DataError('"classes" must be a list of non-empty names', path)
+    classes = [label_name(c) for c in classes]
     column = {name: j for j, name in enumerate(classes)}
     root = image_root(root, path.parent)
 
