@@ -1,9 +1,10 @@
-"""Property-based fuzzing of every annotation parser and of the config loader (hypothesis).
+"""Property-based fuzzing of every annotation parser, of the config loader and of the metadata an
+exported model carries (hypothesis).
 
 Each example takes a valid input, mutates it (bytes flipped, cut, spliced with format tokens, lines
 dropped or repeated, parsed values swapped for others) and reads it. The only acceptable outcomes
-are a table / a config, or an ``MlicError`` (named, with a message): any other exception type is a
-crash a user would see as a traceback. The deadline catches hangs.
+are a table / a config / a prediction, or an ``MlicError`` (named, with a message): any other
+exception type is a crash a user would see as a traceback. The deadline catches hangs.
 
 The default profile is derandomised (the same examples every run, quick: CI). For a longer hunt:
 ``HYPOTHESIS_PROFILE=fuzz python -m pytest tests/test_fuzz.py`` (random, 2000 examples per test).
@@ -225,3 +226,82 @@ def test_config_loader_survives_bad_overrides_and_values(items, structure) -> No
         path = Path(temp) / "config.yaml"
         path.write_text(yaml.safe_dump(base) if isinstance(base, dict) else json.dumps(base))
         load_without_crash(path=path, overrides=overrides)
+
+
+# --------------------------------------------------------------------- exported-model metadata
+
+def tiny_onnx_model():
+    """A four-label graph as mlic exports it (images -> probabilities), made by hand: quick."""
+    import onnx
+    from onnx import TensorProto, helper
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, 4], [0.1 * k for k in range(12)])
+    nodes = [helper.make_node("ReduceMean", ["images"], ["pooled"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["probabilities"])]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                      ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [weights])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+SEED_METADATA = {
+    "label_names": ["cat", "dog", "caf\u00e9", "=SUM(1)"],
+    "thresholds": [0.5, 0.4, 0.6, 0.5],
+    "preprocessing": {"image_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                      "interpolation": "bilinear"},
+    "model": {"backbone": "resnet18", "head": "linear", "num_classes": 4},
+    "export": {"precision": "fp32", "inputs": {"images": "..."}, "outputs": {"probabilities": "..."},
+               "calibration": None},
+}
+
+
+def predict_without_crash(entries: dict[str, str], folder: Path) -> None:
+    """Write ``entries`` as the model's mlic metadata, load it and predict one image."""
+    import numpy as np
+    import onnx
+
+    from mlic.inference import Predictor
+    model = tiny_onnx_model()
+    for key, value in entries.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    try:
+        predictor = Predictor.load(path)
+        results = predictor.predict([np.full((20, 24, 3), 128, dtype=np.uint8)])
+    except MlicError as e:
+        assert str(e), "an error without a message"
+        return
+    assert len(results) == 1 and set(results[0]["labels"]) <= set(predictor.label_names)
+
+
+def test_the_metadata_seed_is_valid(tmp_path) -> None:
+    from mlic.export.metadata import to_strings
+    predict_without_crash(to_strings(SEED_METADATA), tmp_path)
+    from mlic.inference import Predictor
+    assert Predictor.load(tmp_path / "model.onnx").label_names[2] == "caf\u00e9"
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.lists(st.integers(0, 50), min_size=1, max_size=4), new=json_values)
+def test_runtimes_survive_wrong_metadata_values(path, new) -> None:
+    """Structure-aware: valid JSON metadata whose entries have the wrong type or an odd value."""
+    from mlic.export.metadata import to_strings
+    with tempfile.TemporaryDirectory() as temp:
+        predict_without_crash(to_strings(replace_at(SEED_METADATA, path, new)), Path(temp))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(sorted(SEED_METADATA)), steps=st.lists(mutation, min_size=1, max_size=4))
+def test_runtimes_survive_mutated_metadata_text(key, steps) -> None:
+    """One entry's JSON text mutated (bytes flipped, cut, format tokens spliced in)."""
+    from mlic.export.metadata import to_strings
+    entries = to_strings(SEED_METADATA)
+    text = mutate(entries[f"mlic.{key}"].encode(), steps)
+    entries[f"mlic.{key}"] = text.decode("utf-8", "replace")  # ONNX keeps UTF-8 text
+    with tempfile.TemporaryDirectory() as temp:
+        predict_without_crash(entries, Path(temp))
