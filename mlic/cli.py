@@ -238,6 +238,18 @@ def _report(args: argparse.Namespace) -> None:
     print(f"written: {write_report(args.run)}")
 
 
+def _explain(args: argparse.Namespace) -> None:
+    from mlic.explain import explain, output_folder
+    from mlic.inference import expand_image_paths
+    from mlic.report import write_report_or_warn
+    labels = [n.strip() for n in args.labels.split(",") if n.strip()] if args.labels else None
+    out = output_folder(args.run, args.out)
+    entries = explain(args.run, expand_image_paths(args.images), labels, out, method=args.method)
+    print(f"written: {len(entries)} maps in {out} (listed in {out / 'index.json'})")
+    if not args.out:  # the run's own explain/ folder: its report shows the maps
+        write_report_or_warn(args.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlic", description="Multi-label image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -394,6 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "thresholds; one self-contained file) and RUN/plots/*.png")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("explain", help="per-label maps of where in each image a label comes from "
+                       "(Recipro-CAM, or the label query's attention for decoder heads), as PNG "
+                       "overlays")
+    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("images", nargs="+", help="images, folders or globs")
+    p.add_argument("--labels", help="comma-separated label names (default: the labels the model "
+                   "predicts for each image, or its most probable one)")
+    p.add_argument("--out", help="output folder (default: RUN/explain, shown in RUN/report.html)")
+    p.add_argument("--method", choices=["auto", "recipro_cam", "attention"], default="auto",
+                   help="auto: attention for decoder heads (ml_decoder, query2label, ctran), "
+                        "Recipro-CAM for the others")
+    p.set_defaults(func=_explain)
     return parser
 
 

@@ -1,0 +1,131 @@
+"""Explanation maps (mlic/explain.py, ``mlic explain``).
+
+The colour images hold one square per colour, in a known quadrant (sorted colour order: top left,
+top right, bottom left), so a map can be checked against where the answer is. A model trained a few
+epochs at 128 px (a 4 x 4 feature map; at 32 px the tiny backbone's map is a single place) learns
+them; its maps must sit on the square, and masking the square they point to must take the label's
+probability and the map's value there down.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mlic
+from mlic.cli import main
+from mlic.errors import ConfigError
+from mlic.explain import Explainer, file_name
+from mlic.models import create_model
+from tests.conftest import COLOURS, TINY_BACKBONE, tiny_config
+
+NAMES = list(COLOURS)
+SMALL = {"ml_decoder": {"embed_dim": 32, "num_heads": 2, "ff_dim": 32},
+         "query2label": {"hidden_dim": 32, "num_heads": 2, "ff_dim": 32},
+         "ctran": {"hidden_dim": 32, "num_heads": 2, "layers": 1},
+         "linear": {}}
+
+
+def quadrant(labels: list[str], label: str) -> tuple[int, int]:
+    """(row, column) of the label's 16 px square in a colour image (conftest's layout)."""
+    return divmod(sorted(labels).index(label), 2)
+
+
+def cell_means(heat: np.ndarray) -> np.ndarray:
+    return heat.reshape(2, 16, 2, 16).mean(axis=(1, 3))
+
+
+@pytest.fixture(scope="module")
+def trained_run(colour_dataset, tmp_path_factory) -> Path:
+    config = tiny_config(colour_dataset, tmp_path_factory.mktemp("explain_runs"), epochs=8)
+    config["data"]["image_size"] = 128
+    return mlic.train(config, progress=False, quiet=True)
+
+
+def test_maps_have_the_image_size_differ_between_labels_and_lie_in_0_1():
+    image = Image.new("RGB", (50, 30), "white")
+    image.paste((220, 30, 30), (0, 0, 20, 15))
+    for head, params in SMALL.items():
+        model = create_model(TINY_BACKBONE, 4, head=head, image_size=128, head_params=params)
+        explainer = Explainer(model, NAMES)
+        maps = explainer(image, ["red", "green", "blue"])
+        assert explainer.method == ("recipro_cam" if head == "linear" else "attention")
+        assert [m.label for m in maps] == ["red", "green", "blue"]
+        for m in maps:
+            assert m.heat.shape == (30, 50) and m.heat.min() >= 0 and m.heat.max() <= 1
+            assert 0 <= m.probability <= 1
+        assert np.abs(maps[0].heat - maps[1].heat).mean() > 1e-3, head
+
+
+def test_ml_decoder_labels_of_one_query_share_its_map():
+    model = create_model(TINY_BACKBONE, 4, head="ml_decoder", image_size=128,
+                         head_params={**SMALL["ml_decoder"], "num_queries": 2})
+    maps = Explainer(model, NAMES)(Image.new("RGB", (64, 64), "gray"), NAMES)
+    assert np.allclose(maps[0].heat, maps[1].heat) and np.allclose(maps[2].heat, maps[3].heat)
+
+
+def test_a_map_sits_on_its_square_and_masking_the_square_takes_the_label_away(
+        trained_run, colour_dataset):
+    explainer = Explainer.load(trained_run)
+    rows = [line.split(",") for line in colour_dataset["test"].read_text().splitlines()[1:]]
+    hits = total = 0
+    for name, labels in rows[:12]:
+        labels = labels.split("|")
+        image = Image.open(colour_dataset["root"] / name).convert("RGB")
+        for label in labels:
+            (found,) = explainer(image, [label])
+            means = cell_means(found.heat)
+            row, column = np.unravel_index(np.argmax(means), means.shape)
+            hits += (row, column) == quadrant(labels, label)
+            total += 1
+            masked = np.asarray(image).copy()
+            masked[16 * row:16 * row + 16, 16 * column:16 * column + 16] = 255
+            (after,) = explainer(Image.fromarray(masked), [label])
+            assert after.probability < found.probability
+            assert cell_means(after.heat)[row, column] < means[row, column]
+    assert hits / total >= 0.9, f"{hits} of {total} maps on their square"
+
+
+def test_default_labels_are_the_predicted_ones(trained_run, colour_dataset):
+    explainer = Explainer.load(trained_run)
+    image = Image.open(colour_dataset["root"] / "test_images" / "img000.png")
+    maps = explainer(image)
+    assert maps and all(m.probability >= 0.5 for m in maps)
+    assert [m.probability for m in maps] == sorted((m.probability for m in maps), reverse=True)
+
+
+def test_unknown_label_and_method_are_one_line_errors(trained_run, colour_dataset, capsys):
+    image = colour_dataset["root"] / "test_images" / "img000.png"
+    with pytest.raises(ConfigError, match="'rde' is not one of the model's 4 labels.*'red'"):
+        Explainer.load(trained_run)(image, ["rde"])
+    with pytest.raises(ConfigError, match="has no attention layer"):
+        Explainer.load(trained_run, method="attention")
+    assert main(["explain", str(trained_run), str(image), "--labels", "nope"]) == 2
+    assert "mlic explain: error: label 'nope'" in capsys.readouterr().err
+    assert main(["explain", str(trained_run), str(image.parent / "missing.png")]) == 2
+    assert "missing.png: no such file" in capsys.readouterr().err
+
+
+def test_cli_writes_overlays_and_an_index(trained_run, colour_dataset, tmp_path, capsys):
+    images = colour_dataset["root"] / "test_images"
+    out = tmp_path / "maps"
+    assert main(["explain", str(trained_run), str(images / "img000.png"), str(images / "img001.png"),
+                 "--labels", "red,blue", "--out", str(out)]) == 0
+    assert "written: 4 maps" in capsys.readouterr().out
+    index = json.loads((out / "index.json").read_text())
+    assert [(Path(e["image"]).name, e["label"]) for e in index] == [
+        ("img000.png", "red"), ("img000.png", "blue"), ("img001.png", "red"), ("img001.png", "blue")]
+    for entry in index:
+        with Image.open(out / entry["file"]) as overlay:
+            assert overlay.size == (32, 32) and overlay.mode == "RGB"
+
+
+def test_hostile_names_make_safe_file_names():
+    assert file_name("../../etc/passwd") == "etc_passwd"
+    assert file_name("<b>&x") == "b_x"
+    assert file_name("..") == "_"
+    assert "/" not in file_name("a/b\\c") and len(file_name("x" * 500)) <= 60
+
