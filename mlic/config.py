@@ -120,6 +120,10 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": False,
         "compile": False,       # torch.compile the training forward/backward
         "sync_bn": False,       # SyncBatchNorm across processes in a distributed run (GPUs)
+        # Experiment tracking besides metrics.csv and steps.csv (always written): any of
+        # tensorboard, mlflow (pip install 'mlic[tracking]'); rank 0 only; a logger's failure is a
+        # warning, never the run's (mlic/tracking.py, docs/training.md)
+        "loggers": [],
     },
     "lr_finder": {               # used when train.lr is "auto", and by `mlic lr-find`
         "method": "range",       # range: LR range test | trials: short constant-lr runs, TPE
@@ -149,6 +153,8 @@ CHOICES = {
     "lr_finder.method": ("range", "trials"),
     "eval.empty_classes": ("skip", "zero"),
 }
+
+LIST_CHOICES = {"train.loggers": ("tensorboard", "mlflow")}  # lists whose items are choices
 
 POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "eval.batch_size",
             "data.max_image_pixels",
@@ -319,6 +325,9 @@ def check(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"'{key}' must be {expected.__name__}, got {value!r}")
         if key in CHOICES and CHOICES[key] and value not in CHOICES[key]:
             raise ConfigError(f"'{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        if key in LIST_CHOICES and (bad := [v for v in value if v not in LIST_CHOICES[key]]):
+            raise ConfigError(f"'{key}' takes a list of {', '.join(LIST_CHOICES[key])}; "
+                              f"{bad[0]!r} is not one{did_you_mean(bad[0], LIST_CHOICES[key])}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
         limit, why = MAXIMUM.get(key, MAX_INT if expected is int else (None, ""))

@@ -43,6 +43,7 @@ from mlic.losses import build_loss
 from mlic.models import MultiLabelClassifier, create_model
 from mlic.models.heads import HEADS, head_uses_label_context
 from mlic.models.heads.cosine import cosine_scale
+from mlic.tracking import Tracking
 
 
 ANGULAR_LOSSES = ("am", "aam")
@@ -239,6 +240,9 @@ class Trainer:
         self._probe: torch.Tensor | None = None  # images for _decoder_health, loaded when first used
         if resume:
             self._restore()
+        # steps.csv and train.loggers; rank 0 alone, and never able to fail the run
+        self.tracking = (Tracking(run_dir, config, self.log, after_step=self.global_step)
+                         if distributed.is_main() else Tracking.off())
 
     def _eval_loader(self, table: LabelTable, pre) -> DataLoader:
         """This rank's share of a split (every image once over all ranks; ``evaluate`` gathers)."""
@@ -377,6 +381,8 @@ class Trainer:
             self.guard(loss, stepped, self.epoch + 1, self.global_step + 1)  # NaN/inf: stop
             skipped += not stepped
             clipped += self.step.clipped
+            self.tracking.step(self.global_step + 1, self.epoch + 1, loss,
+                               self.optimizer.param_groups[0]["lr"])  # the lr this step used
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model, step=self.global_step)
@@ -431,6 +437,9 @@ class Trainer:
         self.log.info(f"training {self.model.model_config['backbone']} + {self.model.model_config['head']} "
                       f"on {len(self.splits.train)} images, {len(self.label_names)} labels, "
                       f"{epochs} epochs, device {self.device}; run folder {self.run_dir}")
+        shown = range(min(8, len(self.splits.train)))
+        self.tracking.start([str(self.splits.train.image_path(i)) for i in shown],
+                            [self.splits.train.labels_of(i) for i in shown])
         try:
             while self.epoch < epochs and not (self.stopper is not None and self.stopper.stopped):
                 start, failures = time.time(), self._count_failures()
@@ -445,6 +454,7 @@ class Trainer:
                 row["seconds"] = round(time.time() - start, 1)
                 if distributed.is_main():
                     append_metrics(self.run_dir, row)
+                    self.tracking.epoch(self.epoch, row)
                     self._save_last({k: row[k] for k in ("train_loss", "val_mAP", "val_mAP_ema")
                                      if row.get(k) is not None})
                 val = "" if row.get("val_mAP") is None else f"  val mAP {100 * row['val_mAP']:.2f}" + (
@@ -460,6 +470,7 @@ class Trainer:
                                   f"its smoothed value ({self.stopper.smooth:.4f}) for "
                                   f"{self.stopper.wait} epochs after the warm-up")
         except KeyboardInterrupt:
+            self.tracking.close()
             self.log.info(f"interrupted: the last complete epoch ({self.epoch}) is saved in "
                           f"{self.run_dir / 'checkpoints'}; continue with "
                           f"`mlic train --resume {self.run_dir}`")
@@ -535,6 +546,7 @@ class Trainer:
             report_path = write_report_or_warn(self.run_dir, self.log)  # a failure only warns
             if report_path is not None:
                 self.log.info(f"report: {report_path}")
+        self.tracking.finish()  # after the report: MLflow keeps it as an artifact
         self.log.info(f"done: {self.run_dir}")
         close_logger(self.log)
 
