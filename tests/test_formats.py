@@ -44,6 +44,19 @@ def test_safe_relative() -> None:
     raises(["non-empty"], safe_relative, "  ", "/r", "f")
 
 
+def test_an_absolute_path_inside_the_root_is_taken_relative(tmp_path) -> None:
+    root = tmp_path / "x"
+    (root / "img").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(root)
+    assert safe_relative(f"{root}/img/0001.png", root, "f") == "img/0001.png"
+    assert safe_relative(f"{root}/img/0001.png", tmp_path / "link", "f") == "img/0001.png"
+    # a neighbour whose name starts with the root's is outside, and said to be
+    raises([f"{root}y/0001.png", "outside"], safe_relative, f"{root}y/0001.png", root, "f")
+    path = tmp_path / "t.csv"
+    path.write_text(f"image,labels\n{root}/img/0001.png,cat\n")
+    assert load_csv(path, root=root).paths == ["img/0001.png"]
+
+
 # ---------------------------------------------------------------- COCO
 
 def coco_file(tmp_path: Path, **changes) -> Path:

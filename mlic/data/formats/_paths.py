@@ -1,13 +1,16 @@
 """Small helpers the format loaders share: reading annotation files and checking image paths.
 
 Image paths inside annotation files are kept relative to the image root, so a table can be
-moved with its images. A path that leaves the root (absolute, ``..``) usually means a wrong or
-hostile annotation file, so it is refused unless the user opts in with ``allow_outside_root``.
+moved with its images. An absolute path inside the root (``/data/x/img/1.png`` with root
+``/data/x``) is taken as the relative path it names (``img/1.png``). A path that leaves the root
+(``..``, or absolute elsewhere) usually means a wrong or hostile annotation file, so it is refused
+unless the user opts in with ``allow_outside_root`` (then it is kept as written).
 """
 from __future__ import annotations
 
 import codecs
 import json
+import os
 import posixpath
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -34,10 +37,26 @@ def safe_relative(path_str: str, root: str | Path | None, source: object,
                or normal == ".." or normal.startswith("../"))
     if not outside:
         return normal
+    inside = _inside_root(normal, root) if PurePosixPath(posix).is_absolute() else None
+    if inside is not None:
+        return inside
     if allow_outside_root:
         return text
     raise DataError(f"image path {text!r} is outside the image root {root}; "
                     "set allow_outside_root: true if that is intended", source)
+
+
+def _inside_root(path: str, root: str | Path | None) -> str | None:
+    """An absolute ``path`` under ``root`` as a path relative to it, else None: compared as
+    written first, then with symbolic links resolved (a root reached through a link)."""
+    if root is None:
+        return None
+    for base, target in ((os.path.abspath(root), path),
+                         (os.path.realpath(root), os.path.realpath(path))):
+        relative = posixpath.relpath(target, base)
+        if relative != "." and relative != ".." and not relative.startswith("../"):
+            return relative
+    return None
 
 
 def image_root(root: str | Path | None, default: Path) -> Path:
