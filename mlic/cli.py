@@ -234,8 +234,9 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from mlic.gallery import chosen_labels
     from mlic.report import write_report
-    print(f"written: {write_report(args.run)}")
+    print(f"written: {write_report(args.run, chosen_labels(args.labels))}")
 
 
 def _explain(args: argparse.Namespace) -> None:
@@ -402,9 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_tune)
 
-    p = sub.add_parser("report", help="write RUN/report.html (summary, curves, metrics, per-class AP, "
-                       "thresholds; one self-contained file) and RUN/plots/*.png")
+    p = sub.add_parser("report", help="write RUN/report.html (summary, curves, every evaluation, "
+                       "per-class AP, thresholds, PR/F1 curves, image gallery, co-occurrence and "
+                       "confusions; one self-contained file) and RUN/plots/*.png")
     p.add_argument("run", help="run folder")
+    p.add_argument("--labels", help="comma-separated label names to show in the gallery and the "
+                   "curves, besides the weakest and strongest")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("explain", help="per-label maps of where in each image a label comes from "

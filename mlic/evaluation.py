@@ -20,6 +20,7 @@ from mlic.engine.evaluate import metrics_report, predict_scores
 from mlic.engine.label_mask import evaluation_label_states, unknown_only
 from mlic.engine.trainer import make_loader, resolve_device
 from mlic.errors import ConfigError
+from mlic.predictions import predictions_file, save_predictions
 from mlic.report import write_report_or_warn
 from mlic.spreadsheet import safe_row
 from mlic.thresholds import model_thresholds
@@ -81,6 +82,9 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
     report["uses_known_labels"] = bool(model.takes_label_states)
     if run.is_dir():
         write_json(run / f"eval_{name}.json", report)
+        save_predictions(predictions_file(run, name), [str(table.image_path(i)) for i in
+                                                       range(len(table))],
+                         meta["label_names"], scores.probabilities, targets)
         with open(run / f"per_class_ap_{name}.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["label", "AP", "positives"])

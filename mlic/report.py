@@ -16,23 +16,27 @@ with two decimals, as ``mlic eval`` prints them.
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import yaml
 
 from mlic.atomic import atomic_write
+from mlic.cooccurrence import confusions_table, cooccurrence_section
 from mlic.engine.run_dir import read_metrics
 from mlic.errors import ConfigError
+from mlic.figures import e as _e, figure as _figure, img as _img, missing as _missing
+from mlic.figures import pct as _pct, png as _png
+from mlic.gallery import CSS as GALLERY_CSS, explanations, gallery
+from mlic.label_curves import curves_figure, drawn_labels
+from mlic.predictions import load_predictions, predictions_file
 
 METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "mean_F1")
-PLOTS = ("training_curves", "per_class_ap", "ap_vs_positives", "thresholds")
+PLOTS = ("training_curves", "per_class_ap", "ap_vs_positives", "thresholds", "label_curves",
+         "cooccurrence")
 BARS, TABLE_ROWS = 20, 15  # labels shown at each end of the per-class chart / table
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -40,7 +44,8 @@ color:#222}h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;ma
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px}
 th{background:#f3f3f3;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%}.missing{color:#777;font-style:italic}.pair{display:flex;gap:2em;flex-wrap:wrap}
-"""
+h3{font-size:1em;margin:1.2em 0 .3em}
+""" + GALLERY_CSS
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -49,15 +54,18 @@ def is_run_folder(path: str | Path) -> bool:
     return (path / "config.yaml").is_file() or (path / "checkpoints" / "best.json").is_file()
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``<run>/report.html`` and ``<run>/plots/*.png``; returns the HTML file's path."""
+def write_report(run_dir: str | Path, labels: Sequence[str] = ()) -> Path:
+    """Write ``<run>/report.html`` and ``<run>/plots/*.png``; returns the HTML file's path.
+    ``labels``: label names to show in the gallery and the curves besides the weakest ones."""
     run = Path(run_dir)
     if not run.is_dir() or not is_run_folder(run):
         raise ConfigError(f"{run}: not a run folder (no config.yaml or checkpoints/best.json)")
     files = _RunFiles(run)
     plots: dict[str, bytes] = {}
     body = "".join([_summary(files), _curves(files, plots), _evaluation(files),
-                    _per_class(files, plots), _thresholds(files, plots)])
+                    _per_class(files, plots), _thresholds(files, plots),
+                    _label_curves(files, plots, labels), _gallery(files, labels),
+                    _labels_together(files, plots)])
     (run / "plots").mkdir(exist_ok=True)
     for name in PLOTS:  # a figure whose inputs are gone goes too: plots/ matches the page
         path = run / "plots" / f"{name}.png"
@@ -137,6 +145,29 @@ class _RunFiles:
             except (KeyError, TypeError, ValueError):
                 continue
         return points
+
+    def predictions(self, name: str, labels: int):
+        """The saved scores of evaluation ``name`` (``mlic.predictions``), None if absent or not
+        of the model's ``labels`` labels."""
+        path = predictions_file(self.run, name)
+        if not path.is_file():
+            return None
+        try:
+            found = load_predictions(path)
+        except (OSError, ValueError, KeyError) as error:
+            self.notes.append(f"{path.name} could not be read and is left out: {error}")
+            return None
+        return found if found.probabilities.shape[1] == labels else None
+
+    def thresholds(self, labels: int) -> np.ndarray:
+        """The model's thresholds, one per label: tuned ones, else its single threshold."""
+        value = self.meta.get("thresholds", 0.5)
+        if isinstance(value, list) and len(value) == labels:
+            return np.asarray(value, dtype=np.float32)
+        try:
+            return np.full(labels, float(value), dtype=np.float32)
+        except (TypeError, ValueError):
+            return np.full(labels, 0.5, dtype=np.float32)
 
     def main_eval(self) -> tuple[str, dict[str, Any]] | None:
         """The first evaluation with per-class AP of all labels (test, else val; not ``_known``)."""
@@ -331,51 +362,79 @@ def _thresholds(f: _RunFiles, plots: dict[str, bytes]) -> str:
     return head + text + "</p>" + _img(plots["thresholds"], "threshold histogram")
 
 
+def _label_curves(f: _RunFiles, plots: dict[str, bytes], chosen: Sequence[str]) -> str:
+    head = "<h2>Precision-recall and F1 curves</h2>"
+    main = f.main_eval()
+    found = main and f.predictions(main[0], len(main[1]["per_class"]))
+    if not found:
+        return head + _missing("No saved scores of an evaluation with per-class AP "
+                               "(predictions_<split>.npz, written by training and mlic eval).")
+    name, report = main
+    ap = {r["label"]: r.get("AP") for r in report["per_class"]}
+    names = drawn_labels(ap, chosen)
+    data = curves_figure(found.probabilities, found.targets, found.labels, names,
+                         f.thresholds(len(found.labels)), ap)
+    if data is None:
+        return head + _missing("None of the labels to draw has a positive in the split.")
+    plots["label_curves"] = data
+    return (head + f"<p>On {_e(name)}: the {_e(len(names))} labels drawn are the weakest and the "
+            f"strongest by AP, and any asked for (<code>mlic report RUN --labels a,b</code>).</p>"
+            + _img(data, "precision-recall and F1 curves"))
+
+
+def _gallery(f: _RunFiles, chosen: Sequence[str]) -> str:
+    head = "<h2>Gallery</h2>"
+    main = f.main_eval()
+    found = main and f.predictions(main[0], len(main[1]["per_class"]))
+    shown = explanations(f.run / "explain")
+    if not found:
+        return head + _missing("No saved scores of an evaluation (predictions_<split>.npz, "
+                               "written by training and mlic eval).") + shown
+    ap = {r["label"]: r.get("AP") for r in main[1]["per_class"]}
+    return (head + f"<p>Images of {_e(main[0])}.</p>"
+            + gallery(found, f.thresholds(len(found.labels)), ap, chosen) + shown)
+
+
+def _labels_together(f: _RunFiles, plots: dict[str, bytes]) -> str:
+    head = "<h2>Labels that come together</h2>"
+    labels = f.meta.get("label_names")
+    parts = []
+    try:
+        table, heat = _training_cooccurrence(f, labels)
+    except Exception as error:  # noqa: BLE001 - the rest of the report matters more
+        table, heat = _missing(f"The training labels could not be read: "
+                               f"{(str(error).splitlines() or [''])[0]}"), None
+    parts.append("<h3>In the training data</h3>" + table)
+    if heat is not None:
+        plots["cooccurrence"] = heat
+        parts.append(_img(heat, "label co-occurrence"))
+    main = f.main_eval()
+    found = main and f.predictions(main[0], len(main[1]["per_class"]))
+    if found:
+        parts.append(f"<h3>Confused by the model on {_e(main[0])}</h3><p>A true label missed "
+                     f"while another was predicted without being there, on the same image.</p>"
+                     + confusions_table(found.probabilities, found.targets,
+                                        f.thresholds(len(found.labels)), found.labels))
+    return head + "".join(parts)
+
+
+def _training_cooccurrence(f: _RunFiles, labels: list[str] | None) -> tuple[str, bytes | None]:
+    spec, classes = f.section("data", "train"), f.section("data", "classes")
+    if not labels or not spec:
+        return _missing("No training split or label names in the run folder."), None
+    if isinstance(spec, str) and classes:  # as training read it: with the run's label list
+        spec = {"path": spec, "classes": classes}
+    from mlic.data.formats import load_table  # only here: the rest of the report reads no data
+    table = load_table(spec).with_labels(labels, "negative")
+    return cooccurrence_section(table.targets, labels)
+
+
 # ----------------------------------------------------------------------------------- helpers
 def _label_table(title: str, rows: list[dict[str, Any]]) -> str:
     body = "".join(f'<tr><td>{_e(r["label"])}</td><td class="n">{_pct(r["AP"])}</td>'
                    f'<td class="n">{_e(r.get("positives", ""))}</td></tr>' for r in rows)
     return (f"<table><tr><th colspan=3>{_e(title)}</th></tr><tr><th>label</th><th>AP (%)</th>"
             f"<th>positives</th></tr>{body}</table>")
-
-
-def _figure(width: float, height: float, panels: int, left: float = 0.75):
-    """Panels in a row; margins in inches (``left``: room for the y tick labels), set here rather
-    than by tight_layout, which measures every text and takes about half the drawing time."""
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
-    fig = Figure(figsize=(width, height), dpi=100)
-    fig.subplots_adjust(left=left / width, right=1 - 0.25 / width, bottom=0.55 / height,
-                        top=1 - 0.4 / height, wspace=0.3)
-    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # label names in scripts the font lacks: boxes, not warnings
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
-        fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></p>'
-
-
-def _missing(text: str) -> str:
-    return f'<p class="missing">{_e(text)}</p>'
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _pct(value: Any) -> str:
-    """A stored fraction as a percentage with 2 decimals (as ``mlic eval`` prints it)."""
-    try:
-        return f"{100 * float(value):.2f}"
-    except (TypeError, ValueError):
-        return "–"
 
 
 def _with_params(name: Any, params: Any) -> str | None:

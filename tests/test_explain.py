@@ -18,7 +18,7 @@ from PIL import Image
 import mlic
 from mlic.cli import main
 from mlic.errors import ConfigError
-from mlic.explain import Explainer, file_name
+from mlic.explain import Explainer, explain, file_name
 from mlic.models import create_model
 from tests.conftest import COLOURS, TINY_BACKBONE, tiny_config
 
@@ -129,3 +129,11 @@ def test_hostile_names_make_safe_file_names():
     assert file_name("..") == "_"
     assert "/" not in file_name("a/b\\c") and len(file_name("x" * 500)) <= 60
 
+
+def test_explain_into_the_run_folder_shows_in_its_report(trained_run, colour_dataset, tmp_path):
+    import shutil
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    explain(run, [colour_dataset["root"] / "test_images" / "img002.png"], ["green"])
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "Explanation maps" in page and "img002.png" in page

@@ -7,10 +7,12 @@ hooks in training, `mlic eval` and `mlic tune-thresholds`.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from mlic.cli import main
 from mlic.config import default_config, save_config
 from mlic.engine.checkpoint import write_json
 from mlic.engine.evaluate import metrics_report
+from mlic.predictions import save_predictions
 from mlic.engine.run_dir import append_metrics
 from mlic.errors import ConfigError
 from tests.conftest import tiny_config
@@ -47,8 +50,8 @@ def make_run(folder: Path, *, val: bool = True, evaluated: bool = True, tuned: b
              lr_search: bool = False) -> Path:
     """A run folder in the formats training, `mlic eval` and `mlic tune-thresholds` write."""
     config = default_config()
-    config["data"].update(train="data/train.csv", test="data/test.csv", image_size=64,
-                          val="data/val.csv" if val else None)
+    config["data"].update(train=str(write_training_labels(folder / "data")), test="data/test.csv",
+                          image_size=64, val="data/val.csv" if val else None)
     config["model"].update(backbone="tiny_net", head="linear")
     config["loss"] = {"name": "asl", "params": {"gamma_neg": 4}}
     config["train"]["epochs"] = 3
@@ -84,10 +87,33 @@ def make_run(folder: Path, *, val: bool = True, evaluated: bool = True, tuned: b
                                 tuned_thresholds=thresholds if tuned else None)
         report.update(split="test", source="data/<test>.csv", known_fraction=0.0)
         write_json(folder / "eval_test.json", report)
+        save_predictions(folder / "predictions_test.npz", write_images(folder / "data", 60),
+                         NAMES, scores, targets)
         known = metrics_report(scores[:30], targets[:30], NAMES, 0.5)
         known.update(split="test_known50", known_fraction=0.5)
         write_json(folder / "eval_test_known50.json", known)
     return folder
+
+
+def write_images(folder: Path, count: int) -> list[str]:
+    """Small images for the gallery, one with a name that must be escaped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / (f"img{i:02d}.png" if i else "<i>0.png")
+        Image.new("RGB", (40, 30), (4 * i, 100, 200)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def write_training_labels(folder: Path) -> Path:
+    """A plain CSV of training labels (the images need not exist: the report reads labels only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _, targets = scores_and_targets(seed=1)
+    rows = ["image,labels"] + [f"t{i}.png,\"{'|'.join(NAMES[j] for j in np.flatnonzero(row))}\""
+                               for i, row in enumerate(targets)]
+    (folder / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder / "train.csv"
 
 
 def embedded_pngs(page: str) -> list[Image.Image]:
@@ -112,9 +138,9 @@ def test_full_report(tmp_path):
     assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
     assert "<link" not in page.lower()
     assert [image.size for image in embedded_pngs(page)][0] == (64, 48)  # lr_finder.png
-    assert len(embedded_pngs(page)) == 5
+    assert len(embedded_pngs(page)) == 7
     assert plot_names(run) == {"training_curves.png", "per_class_ap.png", "ap_vs_positives.png",
-                               "thresholds.png"}
+                               "thresholds.png", "label_curves.png", "cooccurrence.png"}
     for png in (run / "plots").glob("*.png"):
         with Image.open(png) as image:
             image.verify()
@@ -142,6 +168,84 @@ def test_full_report(tmp_path):
     # thresholds from the tuning
     assert "Tuned on train (99 images)" in page and "CF1 50.00 at 0.5, 60.00 tuned" in page
     assert "class=\"missing\"" not in page  # nothing is missing
+    # the gallery: bounded JPEG thumbnails, names escaped, the weakest label's errors shown
+    thumbnails = len(re.findall(r'src="data:image/jpeg;base64,', page))
+    assert 0 < thumbnails <= 60 and "The 8 worst images" in page and "The 4 best images" in page
+    assert 'title="' + str(run / "data" / "&lt;i&gt;0.png") + '"' in page and "<i>" not in page
+    assert "<h3>&lt;b&gt;&amp;x (AP " in page
+    # precision-recall curves, co-occurrence and confusions
+    assert "Precision-recall and F1 curves" in page and "images with both" in page
+    assert "predicted instead" in page
+
+
+def test_predictions_are_sampled_above_the_bound(tmp_path, monkeypatch):
+    import mlic.predictions
+    monkeypatch.setattr(mlic.predictions, "MAX_ENTRIES", 20 * len(NAMES))
+    run = make_run(tmp_path / "run")
+    found = mlic.predictions.load_predictions(run / "predictions_test.npz")
+    assert found.probabilities.shape == (20, len(NAMES)) and found.total == 60
+    assert len(set(found.paths)) == 20
+    page = mlic.write_report(run).read_text(encoding="utf-8")
+    assert "20 of the split&#x27;s 60 images were kept" in page
+
+
+def test_cli_report_labels_are_shown(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    assert main(["report", str(run), "--labels", "label07,label09"]) == 0
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "<h3>label07 (AP " in page and "<h3>label09 (AP " in page
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+CHECK_PAGE = """<!DOCTYPE html><html><head><title>check</title></head><body>
+<iframe id="page" src="report.html"></iframe><script>
+window.onload = () => {
+  const doc = document.getElementById("page").contentDocument;
+  const images = Array.from(doc.images);
+  const out = document.createElement("pre");
+  out.id = "result";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
+    sections: Array.from(doc.querySelectorAll("h2")).map(h => h.textContent),
+    missing: doc.querySelectorAll(".missing").length});
+  document.body.appendChild(out);
+};
+</script></body></html>"""
+
+
+def rendered(run: Path) -> dict:
+    """What headless Chromium makes of report.html: images, which failed to decode, sections."""
+    import subprocess
+    (run / "check.html").write_text(CHECK_PAGE, encoding="utf-8")
+    result = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                             "--allow-file-access-from-files", "--virtual-time-budget=10000",
+                             "--dump-dom", (run / "check.html").as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="result">(.*?)</pre>', result.stdout, re.S)
+    assert found, result.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium installed (apt-get install chromium)")
+def test_every_image_and_plot_renders_in_a_browser(tmp_path):
+    run = make_run(tmp_path / "run", lr_search=True)
+    mlic.write_report(run)
+    page = rendered(run)
+    jpegs = (run / "report.html").read_text(encoding="utf-8").count("data:image/jpeg")
+    assert page["images"] == 7 + jpegs and page["broken"] == [] and page["missing"] == 0
+    assert page["sections"] == ["Summary", "Training curves", "Evaluation of the selected weights",
+                                f"Per-class AP on test ({len(NAMES) - 1} labels)",
+                                "Decision thresholds", "Precision-recall and F1 curves",
+                                "Gallery", "Labels that come together"]
+    # the check itself sees a broken image
+    report = run / "report.html"
+    report.write_text(report.read_text(encoding="utf-8").replace(
+        "</body>", '<img alt="bad" src="data:image/png;base64,AAAA"></body>'), encoding="utf-8")
+    assert rendered(run)["broken"] == ["bad"]
 
 
 def test_missing_inputs_are_explained(tmp_path):

@@ -43,6 +43,7 @@ from mlic.losses import build_loss
 from mlic.models import MultiLabelClassifier, create_model
 from mlic.models.heads import HEADS, head_uses_label_context
 from mlic.models.heads.cosine import cosine_scale
+from mlic.predictions import predictions_file, save_predictions
 from mlic.tracking import Tracking
 
 
@@ -393,7 +394,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{total / count:.4f}")
         return distributed.mean_over_ranks(total / max(count, 1)), skipped, clipped
 
-    def evaluate(self, model: MultiLabelClassifier, loader, desc: str) -> dict[str, Any]:
+    def evaluate(self, model: MultiLabelClassifier, loader, desc: str,
+                 predictions: Path | None = None) -> dict[str, Any]:
+        """The metrics report of ``model`` over the whole split (every rank gets it); with
+        ``predictions``, rank 0 also saves the scores there (``mlic.predictions``)."""
         scores = predict_scores(model, loader, self.device, self.config["train"]["amp"],
                                 self.channels_last, desc, self.progress)
         # Under DDP each rank scored its share: the metrics are computed once, over the whole split.
@@ -403,6 +407,10 @@ class Trainer:
             report = metrics_report(probabilities, targets, self.label_names,
                                     self.config["eval"]["threshold"],
                                     self.config["eval"]["empty_classes"], ranking=logits)
+            if predictions is not None:  # the report's gallery and curves read them
+                table = loader.dataset.table
+                save_predictions(predictions, [str(table.image_path(i)) for i in range(len(table))],
+                                 self.label_names, probabilities, targets)
         return distributed.broadcast_object(report)
 
     def estimate_lr(self) -> float:
@@ -537,7 +545,8 @@ class Trainer:
             table = getattr(self.splits, key)
             if table is None:
                 continue
-            report = self.evaluate(model, self._eval_loader(table, pre), f"{key} (best)")
+            report = self.evaluate(model, self._eval_loader(table, pre), f"{key} (best)",
+                                   predictions=predictions_file(self.run_dir, key))
             if distributed.is_main():
                 ckpt.write_json(self.run_dir / f"eval_{key}.json", report)
             self.log.info(f"{key} split, selected weights:\n{format_report(report)}")
