@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from mlic.atomic import TEMP_PREFIX  # noqa: E402
 from mlic.engine import checkpoint as ckpt  # noqa: E402
-from mlic.engine.run_dir import read_metrics  # noqa: E402
+from mlic.run_folder import read_metrics  # noqa: E402
 from mlic.errors import MlicError  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220),

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlic.coupling import build_coupled_loss
 from mlic.data.emoji import build_emoji_benchmark
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
@@ -32,8 +33,7 @@ from mlic.engine.decoder_health import decoder_health
 from mlic.engine.optim import build_optimizer, build_scheduler
 from mlic.engine.sam import SAMStep
 from mlic.engine.step import OptimizerStep
-from mlic.engine.trainer import make_loader
-from mlic.losses import build_loss
+from mlic.engine.splits import make_loader
 from mlic.metrics import mean_average_precision
 from mlic.models import create_model
 from mlic.models.heads import build_head
@@ -83,7 +83,7 @@ def train_variant(features, optim: dict, step_options: dict, change: str | None,
         nn.init.zeros_(head.decoder.cross_attn.out_proj.weight)
     elif change == "memory_norm":
         head.activation = nn.Sequential(head.activation, nn.LayerNorm(256))
-    loss_fn = build_loss("aam", scale=23.0)
+    loss_fn = build_coupled_loss("aam", {}, head, "ml_decoder")  # AAM at the head's scale
     train = {**optim, "no_bias_decay": True, "scheduler": "onecycle", "epochs": 1,
              "pct_start": 0.2, "div_factor": 100.0, "final_div_factor": 1000.0}
     optimizer = build_optimizer(head, train)

@@ -32,15 +32,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from mlic.config import default_config
+from mlic.coupling import build_coupled_loss
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.formats import load_table
 from mlic.data.transforms import batch_to_device, train_transform
 from mlic.engine.optim import build_optimizer
 from mlic.engine.sam import SAMStep
 from mlic.engine.step import OptimizerStep
-from mlic.losses import build_loss
 from mlic.models import create_model
-from mlic.models.heads.cosine import cosine_scale
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.md"
 # (AMP, channels_last, compile): the step rows, each with SAM off and on.
@@ -57,8 +56,7 @@ def step_throughput(args, amp: bool, channels_last: bool, compiled: bool, sam: b
                          head_params={"cosine": True}, image_size=args.size).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss("aam")
-    loss_fn.scale = cosine_scale(model.head)
+    loss_fn = build_coupled_loss("aam", {}, model.head, "ml_decoder")  # AAM at the head's scale
     optimizer = build_optimizer(model, default_config()["train"])  # the recipe's SGD groups
     train_model = torch.compile(model) if compiled else model
     step = (SAMStep(train_model, loss_fn, optimizer, device, amp=amp) if sam

@@ -212,6 +212,13 @@ def default_config() -> dict[str, Any]:
     return copy.deepcopy(DEFAULTS)
 
 
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A partial config (a dict, as ``mlic.train`` takes one) merged over the defaults, unchecked."""
+    base = default_config()
+    merge(base, config, where="config")
+    return base
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
                 base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Defaults, then the YAML file (if any), then ``key.sub=value`` overrides; checked."""
@@ -379,17 +386,15 @@ def check_components(config: Mapping[str, Any]) -> None:
     and the loss's own parameters (names, types, ranges), before any data is read or model built."""
     import inspect
 
-    from mlic.losses import LOSSES, build_loss
-    from mlic.models.heads import HEADS
+    from mlic.losses import LOSSES, build_loss, takes_cosine_logits
+    from mlic.models.heads import HEAD_SPECS
 
     head, head_params = config["model"]["head"], config["model"]["head_params"] or {}
-    if head not in HEADS:
-        raise ConfigError(f"'model.head': unknown head {head!r}{did_you_mean(head, HEADS)}; "
-                          f"available: {', '.join(sorted(HEADS))}")
-    signature = inspect.signature(HEADS[head].__init__).parameters
-    accepted = {k: v.default for k, v in signature.items()
-                if k not in ("self", "in_features", "num_classes", "label_context")}
-    _check_params("model.head_params", f"head {head!r}", head_params, accepted, HEAD_PARAM_RANGES)
+    if head not in HEAD_SPECS:
+        raise ConfigError(f"'model.head': unknown head {head!r}{did_you_mean(head, HEAD_SPECS)}; "
+                          f"available: {', '.join(sorted(HEAD_SPECS))}")
+    _check_params("model.head_params", f"head {head!r}", head_params, HEAD_SPECS[head].params,
+                  HEAD_PARAM_RANGES)
 
     name, params = config["loss"]["name"], config["loss"]["params"] or {}
     if not isinstance(params, Mapping):
@@ -398,7 +403,7 @@ def check_components(config: Mapping[str, Any]) -> None:
     if key not in LOSSES:
         raise ConfigError(f"'loss.name': unknown loss {name!r}{did_you_mean(key, LOSSES)}; "
                           f"valid losses: {', '.join(sorted(LOSSES))}")
-    if key in ("am", "aam") and head == "ctran" and "cosine" not in head_params:
+    if takes_cosine_logits(key) and head == "ctran" and "cosine" not in head_params:
         # The default loss is the paper's AAM; C-Tran is trained otherwise. Say so, rather than
         # silently train a cosine C-Tran with AAM and SAM around SGD.
         raise ConfigError(

@@ -10,18 +10,18 @@ import csv
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from mlic.data.dataset import check_images
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
 from mlic.engine.checkpoint import load_model, write_json
 from mlic.engine.evaluate import metrics_report, predict_scores
 from mlic.engine.label_mask import evaluation_label_states, unknown_only
-from mlic.engine.trainer import make_loader, resolve_device
+from mlic.engine.assembly import resolve_device
+from mlic.engine.splits import make_loader
 from mlic.errors import ConfigError
 from mlic.predictions import predictions_file, save_predictions
 from mlic.report import write_report_or_warn
+from mlic.run_folder import run_split
 from mlic.spreadsheet import safe_row
 from mlic.thresholds import model_thresholds
 
@@ -48,16 +48,7 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
     model, meta = load_model(run, tag)
     name = split or "custom"
     if data is None:
-        config_path = run / "config.yaml"
-        if not config_path.is_file():
-            raise ConfigError(f"{run}: no config.yaml to find the evaluation split in; pass --data")
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        for key in ([split] if split else ["test", "val"]):
-            if config.get("data", {}).get(key):
-                data, name = config["data"][key], key
-                break
-        if data is None:
-            raise ConfigError(f"{run}: the run has no {split or 'test or val'} split; pass --data")
+        name, data = run_split(run, *([split] if split else ["test", "val"]), hint="; pass --data")
     table = load_table(data).with_labels(meta["label_names"], "negative")
     check_images(table, "exists", progress)
     tuned = model_thresholds(meta)

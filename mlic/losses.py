@@ -11,6 +11,8 @@ entries (not by B*C, so a batch with many unknowns is not down-weighted). A batc
 gives a zero loss that is still part of the graph, so ``backward()`` works and yields zero gradients.
 
 Losses are looked up by name with :func:`build_loss`; a new loss is one ``@register_loss("name")``.
+A loss says what it needs from the head: ``takes_cosine_logits`` (AM/AAM) means logits s * cos
+and the head's scale s; ``mlic.coupling`` gives it both.
 """
 from __future__ import annotations
 
@@ -61,12 +63,21 @@ def build_loss(name: str, **kwargs: Any) -> nn.Module:
     return cls(**kwargs)
 
 
+def takes_cosine_logits(name: str) -> bool:
+    """Whether the loss registered as ``name`` works on a cosine head's logits (AM, AAM)."""
+    cls = LOSSES.get(name.strip().lower())
+    return cls is not None and cls.takes_cosine_logits
+
+
 class MultiLabelLoss(nn.Module):
     """Base class: float32 cast, unknown-target masking and reduction.
 
     Subclasses implement :meth:`elementwise`, the per-entry loss for float32 logits and float targets
     in [0, 1]; the result at unknown entries is computed but discarded.
     """
+
+    #: True: the logits must be s * cos from a cosine head, and the loss has a ``scale`` s to match.
+    takes_cosine_logits: bool = False
 
     def __init__(self, reduction: str) -> None:
         super().__init__()
@@ -230,8 +241,8 @@ class AngularMarginLoss(MultiLabelLoss):
 
     Input convention: mlic's cosine heads output the final logit ``x = s * z`` where z is the cosine
     (plus the per-class bias of the ML-Decoder head, so |z| may exceed 1) and s the head's ``scale``.
-    The loss receives x and must know the same s (``scale``; the trainer copies the head's scale into
-    it) to put the margin in cosine units and to apply the 1/s balancing. Per known entry, with
+    The loss receives x and must know the same s (``scale``; ``mlic.coupling`` copies the head's scale
+    into it) to put the margin in cosine units and to apply the 1/s balancing. Per known entry, with
     a = s(z - m) = x - s*m and b = s(z + m) = x + s*m:
 
     * p+ = sigmoid(a),  p- = sigmoid(-b)  (the margin is taken off positives and added to negatives);
@@ -271,6 +282,8 @@ class AngularMarginLoss(MultiLabelLoss):
             gradient also flows through the weights.
         reduction: ``"sum"`` (default, as the reference) or ``"mean"`` over the known entries.
     """
+
+    takes_cosine_logits = True
 
     def __init__(self, scale: float = 23.0, margin: float = 0.0, k: float = 0.7,
                  gamma_pos: float = 0.0, gamma_neg: float = 0.0, clip: float | None = 0.05,

@@ -26,8 +26,8 @@ import yaml
 
 from mlic.atomic import atomic_write
 from mlic.cooccurrence import confusions_table, cooccurrence_section
-from mlic.engine.run_dir import read_metrics
 from mlic.errors import ConfigError
+from mlic.run_folder import checkpoints_of, is_run_folder, read_metrics
 from mlic.figures import e as _e, figure as _figure, img as _img, missing as _missing
 from mlic.figures import pct as _pct, png as _png
 from mlic.gallery import CSS as GALLERY_CSS, explanations, gallery
@@ -46,12 +46,6 @@ th{background:#f3f3f3;text-align:left}td.n{text-align:right;font-variant-numeric
 img{max-width:100%}.missing{color:#777;font-style:italic}.pair{display:flex;gap:2em;flex-wrap:wrap}
 h3{font-size:1em;margin:1.2em 0 .3em}
 """ + GALLERY_CSS
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """A folder written by ``mlic train``: it has a config.yaml or a checkpoints/best.json."""
-    path = Path(path)
-    return (path / "config.yaml").is_file() or (path / "checkpoints" / "best.json").is_file()
 
 
 def write_report(run_dir: str | Path, labels: Sequence[str] = ()) -> Path:
@@ -104,7 +98,7 @@ class _RunFiles:
     def __init__(self, run: Path):
         self.run, self.notes = run, []
         self.config = self._read(run / "config.yaml") or {}
-        self.meta = self._read(run / "checkpoints" / "best.json") or {}
+        self.meta = self._read(checkpoints_of(run) / "best.json") or {}
         self.tuning = self._read(run / "thresholds.json")
         self.rows = read_metrics(run)
         order = {"test": 0, "val": 1}

@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import yaml
 
 from mlic.data.dataset import check_images
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
-from mlic.engine.checkpoint import load_model, read_metadata, resolve_checkpoint, write_json
+from mlic.engine.checkpoint import load_model, read_metadata, write_json
 from mlic.engine.evaluate import predict_scores
-from mlic.engine.trainer import make_loader, resolve_device
+from mlic.engine.assembly import resolve_device
+from mlic.engine.splits import make_loader
 from mlic.errors import ConfigError
 from mlic.metrics import threshold_metrics, tune_thresholds
 from mlic.report import write_report_or_warn
+from mlic.run_folder import resolve_checkpoint, run_split
 
 
 def tune_run_thresholds(run: str | Path, split: str = "train",
@@ -36,11 +37,7 @@ def tune_run_thresholds(run: str | Path, split: str = "train",
     run = Path(run)
     model, meta = load_model(run, "best")
     if data is None:
-        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-        data = config.get("data", {}).get(split)
-        if not data:
-            raise ConfigError(f"{run}: the run has no '{split}' split to tune thresholds on; "
-                              f"pass --data")
+        _, data = run_split(run, split, hint="; pass --data")
     table = load_table(data).with_labels(meta["label_names"], "negative")
     check_images(table, "exists", progress)
     dev = resolve_device(device)

@@ -27,26 +27,27 @@ from __future__ import annotations
 
 import copy
 import csv
-import inspect
 import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from mlic.config import check, load_config, save_config
+from mlic.engine.trainer import Trainer
 from mlic.errors import ConfigError, MlicError
+from mlic.losses import takes_cosine_logits
+from mlic.models.heads import HEAD_SPECS
+from mlic.run_folder import checkpoints_of, close_logger
 
 STUDY_NAME = "mlic-tune"
 POOLINGS = ("avg", "max", "avg+max")
-ANGULAR_LOSSES = ("am", "aam")
 CSV_COLUMNS = ["number", "state", "value", "lr", "scale", "cutout", "pooling", "best_mAP",
                "last_mAP", "epochs", "seconds", "run_dir", "error"]
 
 
 def head_takes_pooling(config: Mapping[str, Any]) -> bool:
-    from mlic.models.heads import HEADS
-    head = HEADS.get(config["model"]["head"])
-    if head is None or "pooling" not in inspect.signature(head.__init__).parameters:
+    spec = HEAD_SPECS.get(config["model"]["head"])
+    if spec is None or not spec.takes("pooling"):
         return False
     # A label-graph head feeding an ML-Decoder pools nothing (the decoder attends to the map).
     return not (config["model"].get("head_params") or {}).get("decoder")
@@ -55,7 +56,7 @@ def head_takes_pooling(config: Mapping[str, Any]) -> bool:
 def suggest(trial, config: Mapping[str, Any], min_lr: float, max_lr: float) -> dict[str, Any]:
     """This trial's values, by config key."""
     values = {"train.lr": float(f"{trial.suggest_float('lr', min_lr, max_lr, log=True):.3g}")}
-    if config["loss"]["name"] in ANGULAR_LOSSES:
+    if takes_cosine_logits(config["loss"]["name"]):
         values["loss.params.scale"] = trial.suggest_int("scale", 1, 50)
     values["data.augment.cutout"] = round(trial.suggest_float("cutout", 0.1, 1.0, step=0.1), 1)
     if head_takes_pooling(config):
@@ -100,7 +101,7 @@ def _trial_dir(out: Path, number: int) -> Path:
     while path.exists():  # a folder left by a study that was deleted: keep it
         n += 1
         path = out / "trials" / f"{number}-{n}"
-    (path / "checkpoints").mkdir(parents=True)
+    checkpoints_of(path).mkdir(parents=True)
     return path
 
 
@@ -113,10 +114,7 @@ def tune(config: str | Path | None, overrides: Iterable[str] = (), out: str | Pa
     ``config``: the training config (YAML path); with ``resume`` it may be None: the base config
     saved in ``out`` at the start is used (``overrides`` still apply).
     """
-    import optuna
-
-    from mlic.engine.run_dir import close_logger
-    from mlic.engine.trainer import Trainer
+    import optuna  # here: half a second to import, and only the search needs it
 
     out = Path(out)
     db = out / "study.db"

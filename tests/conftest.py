@@ -1,16 +1,23 @@
-"""Shared fixtures: a tiny, learnable multi-label image set written in the plain CSV format.
+"""Shared fixtures: a tiny, learnable multi-label image set written in the plain CSV format, and
+one run trained on it per test session.
 
 Each 32x32 image holds 1-3 coloured squares; the labels are the colours present. A tiny timm
 backbone learns it in a few steps, so end-to-end tests run in seconds on a CPU.
+
+Tests marked ``slow`` (multi-process DDP, SIGKILL mid-run, INT8 export: several seconds each) run
+by default, as in CI; ``pytest -m "not slow"`` is the fast lane, which still touches every module.
 """
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import mlic
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 TINY_BACKBONE = "test_efficientnet"
@@ -74,6 +81,20 @@ def tiny_config(dataset: dict[str, Path], out: Path, **train) -> dict:
         "train": {**SIMPLE_RECIPE["train"], "epochs": 2, "batch_size": 16, "lr": 0.01, **train},
         "eval": {"batch_size": 32},
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_run(colour_dataset, tmp_path_factory) -> Path:
+    """One epoch of the simple recipe on the colour images, trained once per session, for the
+    tests that only read a run; a test that writes into a run takes ``tiny_run_copy``."""
+    out = tmp_path_factory.mktemp("shared_runs")
+    return mlic.train(tiny_config(colour_dataset, out, epochs=1), progress=False, quiet=True)
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A copy of the shared run, this test's to change."""
+    return Path(shutil.copytree(tiny_run, tmp_path / tiny_run.name))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -181,7 +181,7 @@ def test_eval_with_known_fraction_scores_only_the_unknown_entries(cooccurrence_r
     from mlic.data.transforms import eval_transform
     from mlic.engine.checkpoint import load_model
     from mlic.engine.evaluate import predict_scores
-    from mlic.engine.trainer import make_loader
+    from mlic.engine.splits import make_loader
     from mlic.evaluation import evaluate
     from mlic.metrics import mean_average_precision
     run, data = cooccurrence_run
@@ -202,7 +202,7 @@ def test_eval_with_known_fraction_scores_only_the_unknown_entries(cooccurrence_r
 
 
 def test_hide_fraction_reaches_the_training_split_only(colour_dataset) -> None:
-    from mlic.engine.trainer import load_splits
+    from mlic.engine.splits import load_splits
     data = {"train": str(colour_dataset["train"]), "test": str(colour_dataset["test"]),
             "hide_fraction": 0.25}
     splits = load_splits(data, seed=0)

@@ -7,7 +7,7 @@ import torch
 
 import mlic
 from mlic.engine.decoder_health import decoder_health, health_measures, last_cross_attention
-from mlic.engine.run_dir import read_metrics
+from mlic.run_folder import read_metrics
 from mlic.engine.step import OptimizerStep
 from mlic.losses import build_loss
 from mlic.models import create_model

@@ -105,6 +105,7 @@ def assert_same_metrics(single: Path, ddp: Path) -> None:
                                                                abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ddp_without_sam_is_the_single_process_run_and_resumes(uneven_dataset, tmp_path):
     """Same global batch and seed: the same weights, metrics and reports; the DDP run is stopped
     after epoch 1 and continued by `torchrun -m mlic train --resume`."""
@@ -126,6 +127,7 @@ def test_ddp_without_sam_is_the_single_process_run_and_resumes(uneven_dataset, t
     assert log.count("report: ") == 2 and (ddp / "report.html").is_file()  # rank 0 writes it
 
 
+@pytest.mark.slow
 def test_ddp_with_global_sam_is_the_single_process_run(uneven_dataset, tmp_path):
     """SAM's perturbation from the all-reduced gradient: the single-process SAM run exactly."""
     sam = {"sam": True, "sam_perturbation": "global", "optimizer": "sgd", "lr": 0.05}
@@ -138,6 +140,7 @@ def test_ddp_with_global_sam_is_the_single_process_run(uneven_dataset, tmp_path)
     assert_same_metrics(single, ddp)
 
 
+@pytest.mark.slow
 def test_ddp_local_sam_batchnorm_evaluation_equals_checkpoint_evaluation(uneven_dataset, tmp_path):
     """Local SAM (first pass under no_sync), gradient accumulation, EMA and BatchNorm: the ranks
     stay in step (same weights, rank 0's BatchNorm statistics), so the validation mAP the run
@@ -202,6 +205,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_local_sam_skips_on_every_rank_when_one_overflows(tmp_path):
     """With local perturbation an overflow can happen on one rank only: every rank must skip the
     step and lower its gradient scaler alike, or the weights diverge."""

@@ -28,8 +28,8 @@ from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
 from mlic.engine.checkpoint import load_model
 from mlic.engine.evaluate import predict_scores
-from mlic.engine.run_dir import read_metrics
-from mlic.engine.trainer import make_loader
+from mlic.engine.splits import make_loader
+from mlic.run_folder import read_metrics
 from conftest import COLOURS, SIMPLE_RECIPE, TINY_BACKBONE, make_colour_images
 
 FORMATS = ["csv", "coco", "voc", "nuswide", "json", "openimages"]
@@ -409,7 +409,9 @@ def test_cli_predict_csv(trained, tmp_path, capsys) -> None:
         assert set(labels) <= set(predictor.label_names)
         # Decided by the model's thresholds (0.5); compare away from the cut to allow for rounding.
         assert {n for n, v in zip(predictor.label_names, s) if v >= 0.5 + 1e-5} <= set(labels)
-        assert set(labels) <= {n for n, v in zip(predictor.label_names, s) if v >= 0.5 - 1e-5}
+        above = {n for n, v in zip(predictor.label_names, s) if v >= 0.5 - 1e-5}
+        # At least one label per image (min_labels): its best when no score reaches 0.5.
+        assert set(labels) <= above or labels == [predictor.label_names[int(np.argmax(s))]]
 
 
 def test_cli_predict_json(trained, capsys) -> None:

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import mlic
 from mlic.cli import main
-from mlic.engine.run_dir import read_metrics
-from conftest import TINY_BACKBONE, make_colour_images, tiny_config, write_plain_csv
+from mlic.run_folder import read_metrics
+from conftest import TINY_BACKBONE, make_colour_images, write_plain_csv
 
 FAST = ["--no-progress", "output_dir={out}", "name=err", "device=cpu", f"model.backbone={TINY_BACKBONE}",
         "model.pretrained=false", "model.head=linear", "loss.name=bce", "loss.params={{}}",
@@ -36,10 +35,9 @@ def train_args(tmp_path: Path, *overrides: str) -> list[str]:
     return ["train", *(a.format(out=tmp_path / "runs") for a in FAST), *overrides]
 
 
-@pytest.fixture(scope="module")
-def run(colour_dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("error_runs")
-    return mlic.train(tiny_config(colour_dataset, out, epochs=1), progress=False, quiet=True)
+@pytest.fixture
+def run(tiny_run) -> Path:
+    return tiny_run  # read only: the tests that change a run change a copy
 
 
 @pytest.fixture

@@ -264,6 +264,7 @@ def test_predictor_on_exported_files_alone_gives_the_runs_predictions(trained_ru
         <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_int8_calibrated_on_the_training_split(trained_run, colour_dataset, fmt, tmp_path) -> None:
     pytest.importorskip("nncf", reason="INT8 export needs nncf (export extra)")
@@ -303,6 +304,7 @@ def int8_weight_magnitudes(path: Path) -> list[int]:
     return [int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8 and w.size > 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_int8_weights_have_7_bits_unless_asked(trained_run, fmt, tmp_path) -> None:
     """7-bit weights (|q| <= 64) keep AVX2's saturating int16 pair sums exact; the default gives
@@ -343,6 +345,7 @@ def test_cpu_has_vnni_reads_the_cpu_flags(monkeypatch, tmp_path) -> None:
     assert quantize.cpu_has_vnni() is False  # unreadable: the choice that is exact everywhere
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_8_bit_int8_weights_warn_on_a_cpu_without_vnni(trained_run, monkeypatch, fmt,
                                                         tmp_path) -> None:
@@ -390,6 +393,7 @@ def test_validation_map_equals_the_metric_on_torch_scores(trained_run, colour_da
                                        runtime(images, output=output), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_int8_accuracy_control_reverts_layers_until_within_max_drop(trained_run, fmt,
                                                                     tmp_path) -> None:
@@ -439,6 +443,7 @@ def test_int8_accuracy_control_needs_int8_and_validation_images(trained_run, tmp
         export_model(no_val, "onnx", out=tmp_path, int8=True, max_drop=1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 @pytest.mark.parametrize("case", ["ml_decoder_cosine", "label_graph", "query2label", "ctran"])
 def test_int8_export_of_every_kind_of_head(head_runs, colour_dataset, case, fmt, tmp_path) -> None:
@@ -457,6 +462,7 @@ def test_int8_export_of_every_kind_of_head(head_runs, colour_dataset, case, fmt,
     assert np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.9
 
 
+@pytest.mark.slow
 def test_int8_falls_back_to_fast_bias_correction_when_the_full_one_fails(trained_run, monkeypatch,
                                                                         tmp_path) -> None:
     """NNCF 3.4's full bias correction raises KeyError on ONNX EfficientNetV2-S graphs."""

@@ -20,7 +20,8 @@ from mlic.models import label_embeddings as emb
 from mlic.models.graph import (GraphAttention, GraphConvolution, binarize_correlation,
                                label_adjacency, normalize_adjacency, reweight_correlation)
 from mlic.models.label_context import LabelContext
-from mlic.models.label_embeddings import build_label_context, label_embeddings
+from mlic.engine.label_context import build_label_context
+from mlic.models.label_embeddings import label_embeddings
 
 BACKBONE = "test_efficientnet"
 NAMES = ["cat", "dog", "sofa", "person"]

@@ -480,9 +480,14 @@ def test_am_low_precision_logits_near_saturation_are_finite(name, params, dtype)
     assert loss.item() == pytest.approx(want, rel=1e-4)
 
 
-def test_naive_log_of_fp16_sigmoid_is_minus_inf():
-    """The contrast: the reference's log(sigmoid(x)) in fp16 (autocast) at x = -23 is log(0)."""
-    x = torch.tensor([-23.0, 23.0], dtype=torch.float16)
-    naive = torch.log(torch.sigmoid(x))
-    assert torch.isneginf(naive[0])
-    assert torch.isfinite(F.logsigmoid(x.float())).all()
+@pytest.mark.parametrize("name", ["am", "aam"])
+def test_am_is_exact_where_the_naive_fp16_log_sigmoid_is_minus_inf(name):
+    """The reference's log(sigmoid(x)) in fp16 (autocast) at x = -23 is log(0) = -inf; mlic's AM
+    on the same fp16 logits is finite and equals the float64 formula."""
+    x = torch.tensor([[-23.0, 23.0, -23.0]], dtype=torch.float16)
+    t = torch.tensor([[1.0, 0.0, 0.0]])
+    assert torch.isneginf(torch.log(torch.sigmoid(x))[0, 0])  # the reference's positive term
+    loss = build_loss(name)(x, t)
+    want = am_reference(x.double().numpy() / 23.0, t.numpy(), 23.0, 0.0, 0.7, 0.0,
+                        1.0 if name == "aam" else 0.0, 0.05, "sum")
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(want, rel=1e-4)

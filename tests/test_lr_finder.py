@@ -1,7 +1,6 @@
 """Initial lr estimation (range test, short trials), train.lr=auto, mlic lr-find and mlic tune."""
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import random
@@ -16,37 +15,44 @@ from safetensors.torch import save_file
 
 import mlic
 from mlic.cli import main
-from mlic.config import load_config
+from mlic.config import load_config, save_config, with_defaults
 from mlic.engine import Trainer
+from mlic.engine.assembly import Trainee, build_trainee
 from mlic.engine.lr_finder import lr_range_test, lr_short_trials, plot_lr_curve
-from mlic.engine.run_dir import read_metrics
-from mlic.engine.trainer import _with_defaults
 from mlic.errors import ConfigError
+from mlic.run_folder import close_logger, read_metrics, run_logger
 from conftest import TINY_BACKBONE, tiny_config
 
 FAST_FINDER = {"steps": 12, "n_trials": 2, "epochs_per_trial": 1, "min_lr": 1e-5, "max_lr": 1.0}
 
 
-def make_trainer(dataset, tmp_path: Path, name: str = "run", **train) -> Trainer:
+def make_config(dataset, tmp_path: Path, name: str = "run", **train) -> tuple[dict, Path]:
     raw = tiny_config(dataset, tmp_path / "runs", **train)
     raw["lr_finder"] = dict(FAST_FINDER)
-    cfg = load_config(None, base=_with_defaults(raw))
     run_dir = tmp_path / name
     (run_dir / "checkpoints").mkdir(parents=True)
-    return Trainer(cfg, run_dir, progress=False, quiet=True)
+    return load_config(None, base=with_defaults(raw)), run_dir
 
 
-def everything(trainer: Trainer) -> dict:
+def make_trainee(dataset, tmp_path: Path, **train) -> Trainee:
+    cfg, run_dir = make_config(dataset, tmp_path, **train)
+    log = run_logger(run_dir, quiet=True)
+    try:
+        return build_trainee(cfg, run_dir, log, progress=False)
+    finally:
+        close_logger(log)
+
+
+def everything(trainee: Trainee) -> dict:
     """A copy of all the state a search must leave as it was."""
     np_state = np.random.get_state()
-    return {"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
-            "modes": [m.training for m in trainer.model.modules()],
-            "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
-            "scheduler": copy.deepcopy(trainer.scheduler.state_dict()),
+    return {"model": {k: v.clone() for k, v in trainee.model.state_dict().items()},
+            "modes": [m.training for m in trainee.model.modules()],
+            "loss": {k: v.clone() for k, v in trainee.loss_fn.state_dict().items()},
             "torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": (np_state[0], np_state[1].copy(), *np_state[2:]),
-            "train_gen": trainer.train_loader.generator.get_state(),
-            "val_gen": trainer.val_loader.generator.get_state()}
+            "train_gen": trainee.train_loader.generator.get_state(),
+            "val_gen": trainee.val_loader.generator.get_state()}
 
 
 def assert_identical(a, b, where: str = "") -> None:
@@ -66,45 +72,51 @@ def assert_identical(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def take_a_step(trainer: Trainer) -> None:
-    """Fill the optimizer's state (Adam moments), as after some training."""
-    images, targets = next(iter(trainer.train_loader))
-    trainer.step(images, targets)
+def take_a_step(trainee: Trainee) -> None:
+    """Move the weights off their initial values, as after some training."""
+    images, targets = next(iter(trainee.train_loader))
+    trainee.plain_step(trainee.new_optimizer(0.01))(images, targets)
 
 
-def test_range_test_leaves_everything_as_it_was(colour_dataset, tmp_path) -> None:
+def test_range_test_leaves_everything_as_it_was(colour_dataset, tmp_path, monkeypatch) -> None:
     # SAM and doubled bias lr: the finder must bypass the one and keep the other's group ratio.
-    trainer = make_trainer(colour_dataset, tmp_path, sam=True, double_bias_lr=True)
-    take_a_step(trainer)
-    trainer.model.eval()
-    trainer.model.head.train()  # a mixed mode, restored as it is
-    before = everything(trainer)
+    trainee = make_trainee(colour_dataset, tmp_path, sam=True, double_bias_lr=True)
+    take_a_step(trainee)
+    trainee.model.eval()
+    trainee.model.head.train()  # a mixed mode, restored as it is
+    before = everything(trainee)
     seen = []
-    original = trainer.optimizer.step
+    new_optimizer = trainee.new_optimizer
 
-    def spy(*args, **kwargs):
-        seen.append({g["name"]: g["lr"] for g in trainer.optimizer.param_groups})
-        return original(*args, **kwargs)
+    def spied_optimizer(lr):
+        optimizer = new_optimizer(lr)
+        original = optimizer.step
 
-    trainer.optimizer.step = spy
-    result = lr_range_test(trainer, min_lr=1e-5, max_lr=1.0, steps=12)
-    del trainer.optimizer.step
+        def spy(*args, **kwargs):
+            seen.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+            return original(*args, **kwargs)
+        optimizer.step = spy
+        return optimizer
+
+    monkeypatch.setattr(trainee, "new_optimizer", spied_optimizer)
+    result = lr_range_test(trainee, min_lr=1e-5, max_lr=1.0, steps=12)
     assert len(seen) == len(result.lrs)  # one plain step per point (SAM would be two passes)
     assert all(s["bias"] == pytest.approx(2 * s["decay"]) for s in seen)
+    assert [s["decay"] for s in seen] == pytest.approx(result.lrs)
     assert np.all(np.diff(result.lrs) > 0) and result.lrs[0] == pytest.approx(1e-5)
     assert len(result.losses) == len(result.smoothed) == len(result.lrs) >= 3
     assert np.isfinite(result.suggestion) and 1e-5 <= result.suggestion <= 1.0
     assert 1e-5 <= result.min_loss_lr <= 1.0
-    assert_identical(everything(trainer), before)
+    assert_identical(everything(trainee), before)
 
     path = plot_lr_curve(result, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_state_is_restored_when_the_search_fails(colour_dataset, tmp_path, monkeypatch) -> None:
-    trainer = make_trainer(colour_dataset, tmp_path)
-    take_a_step(trainer)
-    before = everything(trainer)
+    trainee = make_trainee(colour_dataset, tmp_path)
+    take_a_step(trainee)
+    before = everything(trainee)
     calls = []
 
     def failing_loss(*args):
@@ -113,26 +125,32 @@ def test_state_is_restored_when_the_search_fails(colour_dataset, tmp_path, monke
             raise RuntimeError("boom")
         return original(*args)
 
-    original = trainer.loss_fn.forward
-    monkeypatch.setattr(trainer.loss_fn, "forward", failing_loss)
+    original = trainee.loss_fn.forward
+    monkeypatch.setattr(trainee.loss_fn, "forward", failing_loss)
     with pytest.raises(RuntimeError, match="boom"):
-        lr_range_test(trainer, steps=10)
-    assert_identical(everything(trainer), before)
+        lr_range_test(trainee, steps=10)
+    assert_identical(everything(trainee), before)
 
 
 def test_short_trials_restore_and_need_a_validation_split(colour_dataset, tmp_path) -> None:
-    trainer = make_trainer(colour_dataset, tmp_path, ema=0.9)
-    take_a_step(trainer)
-    before = everything(trainer)
-    best, study = lr_short_trials(trainer, n_trials=2, epochs_per_trial=1, min_lr=1e-4, max_lr=0.1)
+    trainee = make_trainee(colour_dataset, tmp_path, ema=0.9)
+    take_a_step(trainee)
+    before = everything(trainee)
+    best, study = lr_short_trials(trainee, n_trials=2, epochs_per_trial=1, min_lr=1e-4, max_lr=0.1)
     assert len(study.trials) == 2 and 1e-4 <= best <= 0.1
     assert all(t.value is not None and 0 <= t.value <= 1 for t in study.trials)
     assert best in [t.user_attrs["lr"] for t in study.trials]
-    assert_identical(everything(trainer), before)
+    assert_identical(everything(trainee), before)
 
-    trainer.val_loader = None
+    # Any evaluation callable scores the trials: here one that scores the second trial higher.
+    scores = iter([0.2, 0.9])
+    best, study = lr_short_trials(trainee, n_trials=2, epochs_per_trial=1, min_lr=1e-4, max_lr=0.1,
+                                  evaluate=lambda model: next(scores))
+    assert best == study.trials[1].user_attrs["lr"]
+
+    trainee.val_loader = None
     with pytest.raises(ConfigError, match="data.val"):
-        lr_short_trials(trainer, n_trials=1)
+        lr_short_trials(trainee, n_trials=1)
 
 
 def test_lr_auto_is_resolved_and_the_run_is_the_explicit_one(colour_dataset, tmp_path) -> None:
@@ -155,15 +173,18 @@ def test_lr_auto_is_resolved_and_the_run_is_the_explicit_one(colour_dataset, tmp
 
 
 def test_lr_auto_sets_every_group_and_the_schedule(colour_dataset, tmp_path) -> None:
-    trainer = make_trainer(colour_dataset, tmp_path, lr="auto", double_bias_lr=True)
-    lr = trainer.estimate_lr()
+    cfg, run_dir = make_config(colour_dataset, tmp_path, lr="auto", double_bias_lr=True)
+    save_config(cfg, run_dir / "config.yaml")
+    trainer = Trainer(cfg, run_dir, progress=False, quiet=True)  # the search runs here
+    lr = trainer.config["train"]["lr"]
+    assert isinstance(lr, float) and lr == json.loads((run_dir / "lr_finder.json").read_text())["lr"]
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     div = trainer.config["train"]["div_factor"]
     assert groups["bias"]["max_lr"] == pytest.approx(2 * lr)  # OneCycle peaks at the found lr
     assert groups["decay"]["max_lr"] == pytest.approx(lr)
     assert groups["decay"]["lr"] == pytest.approx(lr / div)  # OneCycle's start
     assert trainer.scheduler.optimizer is trainer.optimizer
-    assert yaml.safe_load((trainer.run_dir / "config.yaml").read_text())["train"]["lr"] == lr
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"] == lr
 
 
 def test_local_weights_are_the_starting_point_after_the_search(colour_dataset, tmp_path) -> None:
@@ -178,10 +199,10 @@ def test_local_weights_are_the_starting_point_after_the_search(colour_dataset, t
         raw = tiny_config(colour_dataset, tmp_path / "runs", lr="auto")
         raw["model"]["weights"] = str(tmp_path / "backbone.safetensors")
         raw["lr_finder"] = {**FAST_FINDER, "method": method}
-        cfg = load_config(None, base=_with_defaults(raw))
+        cfg = load_config(None, base=with_defaults(raw))
         (tmp_path / method / "checkpoints").mkdir(parents=True)
-        trainer = Trainer(cfg, tmp_path / method, progress=False, quiet=True)
-        trainer.estimate_lr()
+        trainer = Trainer(cfg, tmp_path / method, progress=False, quiet=True)  # searches first
+        assert (tmp_path / method / "lr_finder.json").is_file()
         state = trainer.model.backbone.body.state_dict()
         for key, value in weights.items():
             assert torch.equal(state[key], value), (method, key)

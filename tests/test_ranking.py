@@ -10,10 +10,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from mlic.config import load_config
+from mlic.config import load_config, with_defaults
 from mlic.engine import Trainer
 from mlic.engine.evaluate import metrics_report, predict_scores
-from mlic.engine.trainer import _with_defaults
 from mlic.metrics import mean_average_precision
 from mlic.models import create_model
 from conftest import TINY_BACKBONE, tiny_config
@@ -88,7 +87,7 @@ def test_predict_scores_gives_the_logits_that_map_ranks() -> None:
 
 def test_validation_map_of_the_trainer_ranks_logits(colour_dataset, tmp_path) -> None:
     """The mAP that selects the best weights and drives early stopping (``Trainer.evaluate``)."""
-    config = load_config(None, base=_with_defaults(tiny_config(colour_dataset, tmp_path / "runs")))
+    config = load_config(None, base=with_defaults(tiny_config(colour_dataset, tmp_path / "runs")))
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     trainer = Trainer(config, tmp_path / "run", progress=False, quiet=True)
     model, loader, logits, targets = saturated_batches(classes=len(trainer.label_names))

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from mlic.config import load_config
-from mlic.engine.run_dir import new_run_dir
+from mlic.run_folder import new_run_dir
 from mlic.engine.trainer import Trainer
 from tests.conftest import TINY_BACKBONE
 
@@ -33,8 +33,10 @@ def test_recipe_builds_and_steps(recipe, colour_dataset, tmp_path):
         config["model"]["head_params"].update({"ff_dim": 64})
     trainer = Trainer(config, new_run_dir(tmp_path, "recipe"), progress=False, quiet=True)
     images, targets = next(iter(trainer.train_loader))
-    loss, _ = trainer.step(images, targets)
-    assert math.isfinite(loss) and loss >= 0
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    loss, stepped = trainer.step(images, targets)
+    assert math.isfinite(loss) and loss > 0  # a finite loss that a step can still lower
+    assert stepped and any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
 # What a recipe means must not move when the defaults (the paper's recipe) change.

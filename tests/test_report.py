@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import shutil
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ from mlic.config import default_config, save_config
 from mlic.engine.checkpoint import write_json
 from mlic.engine.evaluate import metrics_report
 from mlic.predictions import save_predictions
-from mlic.engine.run_dir import append_metrics
 from mlic.errors import ConfigError
+from mlic.run_folder import append_metrics
 from tests.conftest import tiny_config
 
 EVIL = "<b>&x"          # a label name that must be escaped
@@ -322,12 +323,13 @@ def test_report_or_warn(tmp_path, caplog, monkeypatch):
 
 # ------------------------------------------------------------- through a real tiny training run
 @pytest.fixture(scope="module")
-def trained(colour_dataset, tmp_path_factory):
-    return mlic.train(tiny_config(colour_dataset, tmp_path_factory.mktemp("runs"), epochs=1),
-                      progress=False, quiet=True)
+def trained(tiny_run, tmp_path_factory):
+    """The shared run, copied once for this module's tests, which evaluate and tune in it."""
+    return Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("runs") / tiny_run.name))
 
 
-def test_training_writes_the_report(trained):
+def test_training_writes_the_report(tiny_run):
+    trained = tiny_run  # read only
     page = (trained / "report.html").read_text(encoding="utf-8")
     report = json.loads((trained / "eval_test.json").read_text())
     assert f'<td class="n">{100 * report["mAP"]:.2f}</td>' in page

@@ -28,7 +28,7 @@ from mlic.data.formats import load_table
 from mlic.data.validate import validate_images
 from mlic.engine import checkpoint as ckpt
 from mlic.engine.nonfinite import NonFiniteGuard, NonFiniteLoss
-from mlic.engine.run_dir import read_metrics
+from mlic.run_folder import read_metrics
 from mlic.errors import DataError
 from conftest import make_colour_images, tiny_config, write_plain_csv
 from test_errors import cli_error, train_args
@@ -313,8 +313,8 @@ def test_sigint_during_a_save_is_held_until_the_save_is_done(tmp_path) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_torn_weights_and_metadata_pair_loads_with_its_own_metadata(colour_dataset, tmp_path) -> None:
-    run = mlic.train(tiny_config(colour_dataset, tmp_path, epochs=1), progress=False, quiet=True)
+def test_torn_weights_and_metadata_pair_loads_with_its_own_metadata(tiny_run_copy) -> None:
+    run = tiny_run_copy
     folder = run / "checkpoints"
     model, meta = ckpt.load_model(folder, "best")
     # A crash between the two renames of a save: the new weights beside the previous JSON.
@@ -332,8 +332,8 @@ def test_torn_weights_and_metadata_pair_loads_with_its_own_metadata(colour_datas
     assert ckpt.load_model(folder, "best")[1]["thresholds"] == 0.3
 
 
-def test_pickled_object_in_a_training_state_is_refused(colour_dataset, tmp_path, capsys) -> None:
-    run = mlic.train(tiny_config(colour_dataset, tmp_path, epochs=1), progress=False, quiet=True)
+def test_pickled_object_in_a_training_state_is_refused(tiny_run_copy, capsys) -> None:
+    run = tiny_run_copy
     state_file = run / "checkpoints" / "last.state.pt"
     state = torch.load(state_file, weights_only=True)
     state["payload"] = Path("/etc/passwd")  # any object beyond tensors and numbers
@@ -345,9 +345,8 @@ def test_pickled_object_in_a_training_state_is_refused(colour_dataset, tmp_path,
               "cannot read the training state")
 
 
-def test_resume_ignores_killed_writes_and_refuses_ignored_changes(colour_dataset, tmp_path,
-                                                                   capsys) -> None:
-    run = mlic.train(tiny_config(colour_dataset, tmp_path, epochs=1), progress=False, quiet=True)
+def test_resume_ignores_killed_writes_and_refuses_ignored_changes(tiny_run_copy, capsys) -> None:
+    run = tiny_run_copy
     stale = run / "checkpoints" / f"{TEMP_PREFIX}last.state.pt.abc123"
     stale.write_bytes(b"half a file")
     cli_error(capsys, ["train", "--resume", run, "train.lr=0.5", "--no-progress"],
@@ -362,6 +361,7 @@ def _subprocess_env() -> dict[str, str]:
             "PYTHONPATH": str(Path(mlic.__file__).parent.parent)}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(colour_dataset, tmp_path) -> None:
     config = tiny_config(colour_dataset, tmp_path / "killed", epochs=3, ema=0.9)
     straight = mlic.train({**config, "output_dir": str(tmp_path / "straight")}, progress=False,

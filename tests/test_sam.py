@@ -1,4 +1,4 @@
-"""SAMStep against hand computations; skip logic; accumulation; the three-way parameter groups."""
+"""SAMStep against hand computations; skip logic; accumulation."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from mlic.engine.accumulate import backward_in_chunks, chunk_weights, split_batch
-from mlic.engine.sam import SAMStep, sam_parameter_groups
+from mlic.engine.optim import parameter_groups
+from mlic.engine.sam import SAMStep
 from mlic.losses import build_loss
 
 CPU = torch.device("cpu")
@@ -270,7 +271,7 @@ def test_adamw_base_with_batchnorm_smoke():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    groups = sam_parameter_groups(model, 1e-2, double_bias_lr=True)
+    groups = parameter_groups(model, 1e-2, double_bias_lr=True)
     for g in groups:
         g["lr"] = 1e-2 * g["lr_scale"]
     opt = torch.optim.AdamW(groups)
@@ -287,51 +288,3 @@ def test_adamw_base_with_batchnorm_smoke():
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert model[1].num_batches_tracked.item() == 5 * 2 * 2  # BN updated in both passes, per chunk
     assert set(opt.state_dict()["state"]) == set(range(len(before)))
-
-
-def test_parameter_groups():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, bias=True)
-            self.bn = nn.BatchNorm2d(4)
-            self.norm = nn.LayerNorm(4)
-            self.fc = nn.Linear(4, 2)
-            self.label_queries = nn.Embedding(2, 4)
-            self.query_embed = nn.Parameter(torch.zeros(2, 4))
-            self.scale = nn.Parameter(torch.ones(1))
-            self.frozen = nn.Parameter(torch.zeros(3, 3), requires_grad=False)
-
-    net = Net()
-    groups = {g["name"]: g for g in sam_parameter_groups(net, 5e-4, double_bias_lr=True)}
-    ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
-    assert ids["bias"] == {id(net.conv.bias), id(net.bn.bias), id(net.norm.bias), id(net.fc.bias)}
-    assert ids["no_decay"] == {id(net.bn.weight), id(net.norm.weight), id(net.scale),
-                               id(net.label_queries.weight), id(net.query_embed)}
-    assert ids["decay"] == {id(net.conv.weight), id(net.fc.weight)}
-    assert groups["bias"]["lr_scale"] == 2.0 and groups["bias"]["weight_decay"] == 0.0
-    assert groups["no_decay"]["lr_scale"] == 1.0 and groups["no_decay"]["weight_decay"] == 0.0
-    assert groups["decay"]["lr_scale"] == 1.0 and groups["decay"]["weight_decay"] == 5e-4
-    assert groups["bias"].keys() == groups["decay"].keys()
-    assert list(groups) == ["decay", "no_decay", "bias"]  # the logged param_groups[0] is base lr
-
-    plain = {g["name"]: g for g in sam_parameter_groups(net, 5e-4, double_bias_lr=False)}
-    assert plain["bias"]["lr_scale"] == 1.0
-    # an empty group is left out
-    assert [g["name"] for g in sam_parameter_groups(nn.Linear(2, 2, bias=False), 0.1)] == ["decay"]
-
-    # lr = base lr x lr_scale, and OneCycle's per-group max_lr follows (biases peak at 2x)
-    built = sam_parameter_groups(net, 5e-4, double_bias_lr=True)
-    for g in built:
-        g["lr"] = 0.01 * g["lr_scale"]
-    opt = torch.optim.SGD(built, lr=0.01, momentum=0.9)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                total_steps=10, pct_start=0.2)
-    opt.step()
-    sched.step()  # step 1 = the end of phase 1 (0.2 * 10 - 1): the peak
-    peak = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert peak["bias"] == pytest.approx(0.02) and peak["decay"] == pytest.approx(0.01)
-    opt.step()
-    sched.step()
-    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs["bias"] == pytest.approx(2 * lrs["decay"]) and lrs["decay"] < 0.01

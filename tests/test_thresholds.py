@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,13 +11,12 @@ import pytest
 import mlic
 from mlic.cli import main
 from mlic.metrics import threshold_metrics
-from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def run(colour_dataset, tmp_path_factory):
-    return mlic.train(tiny_config(colour_dataset, tmp_path_factory.mktemp("runs")), progress=False,
-                      quiet=True)
+def run(tiny_run, tmp_path_factory):
+    """The shared run, copied once for this module (tuning writes into it)."""
+    return Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("runs") / tiny_run.name))
 
 
 def test_tune_store_and_use(run, colour_dataset, capsys):
@@ -51,4 +52,4 @@ def test_tune_store_and_use(run, colour_dataset, capsys):
 
 def test_tune_on_missing_split_is_a_clear_error(run, capsys):
     assert main(["tune-thresholds", str(run), "--split", "nosuch", "--no-progress"]) == 2
-    assert "no 'nosuch' split" in capsys.readouterr().err
+    assert "config.yaml: no data.nosuch split; pass --data" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from mlic.config import merge, default_config, load_config
 from mlic.data.formats import load_table
 from mlic.engine import Trainer
 from mlic.engine.optim import build_optimizer
-from mlic.engine.run_dir import read_metrics
+from mlic.run_folder import read_metrics
 from mlic.errors import ConfigError
 from mlic.metrics import mean_average_precision
 from mlic.models import create_model

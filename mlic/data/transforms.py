@@ -30,7 +30,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from mlic.errors import ConfigError
-from mlic.models.backbone import Preprocessing
+from mlic.preprocessing import Preprocessing
 
 _INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
 

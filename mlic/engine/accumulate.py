@@ -20,6 +20,7 @@ from torch import nn
 
 from mlic.engine.distributed import no_sync
 from mlic.engine.evaluate import autocast
+from mlic.losses import MultiLabelLoss
 
 REDUCTIONS = ("mean", "sum")
 
@@ -56,7 +57,6 @@ def chunk_weights(loss_fn: nn.Module, chunks: list[tuple[torch.Tensor, torch.Ten
     """
     if len(chunks) == 1 or loss_reduction(loss_fn, reduction) == "sum":
         return [1.0] * len(chunks)
-    from mlic.losses import MultiLabelLoss
     if isinstance(loss_fn, MultiLabelLoss):
         counts = torch.stack([(t >= 0).sum() for _, t in chunks])
         return list(counts.double() / counts.sum().clamp(min=1).double())

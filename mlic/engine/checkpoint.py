@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from mlic.atomic import atomic_write
 from mlic.errors import WeightsError
 from mlic.models import MultiLabelClassifier, model_from_config
+from mlic.run_folder import resolve_checkpoint
 
 FORMAT_VERSION = 1
 STATE_FILE = "last.state.pt"
@@ -66,22 +67,6 @@ def save_model(directory: Path, tag: str, state_dict: dict[str, torch.Tensor],
                      lambda temp: save_file(tensors, temp, metadata=header))
         write_json(directory / f"{tag}.json", metadata)
     return directory / f"{tag}.json"
-
-
-def resolve_checkpoint(path: str | Path, tag: str = "best") -> Path:
-    """A run folder, a checkpoints folder, or a checkpoint's .json/.safetensors -> its .json."""
-    path = Path(path)
-    candidates = []
-    if path.is_dir():
-        for folder in (path / "checkpoints", path):
-            candidates += [folder / f"{tag}.json", folder / "last.json"]
-    elif path.suffix in (".json", ".safetensors"):
-        candidates.append(path.with_suffix(".json"))
-    for candidate in candidates:
-        if candidate.is_file() and candidate.with_suffix(".safetensors").is_file():
-            return candidate
-    raise WeightsError(f"{path}: no checkpoint found (looked for "
-                       f"{', '.join(str(c) for c in candidates) or 'a .json beside a .safetensors'})")
 
 
 def read_metadata(meta_path: Path) -> dict[str, Any]:

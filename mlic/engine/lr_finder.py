@@ -1,18 +1,20 @@
 """Initial learning-rate estimation: an LR range test and the paper's short-trials (TPE) search.
 
-Both work on a built ``Trainer`` (its model, loss, optimizer and training data) and leave it
-**exactly** as they found it: model weights and buffers (BatchNorm statistics included), the
-train/eval mode of every module, the optimizer's state and param groups, the schedule, the loss's
-state, the Python/NumPy/torch(/CUDA) random states and the loaders' generators are copied before
-and put back afterwards, also when the search fails or is interrupted. So the weights a run
-starts from after the search are the ones it was built with (pretrained, or ``model.weights``)
-and the run is the run it would have been with the found lr given explicitly. (The reference,
-deep-object-reid's ``torchreid/apis/training.py::run_lr_finder``, rebuilds the model after its
-search and so loses ``model.load_weights``.)
+Both work on a ``Trainee`` (``mlic.engine.assembly``: the run's model and loss, its loaders, its
+device), before the run has an optimizer or a schedule, and leave it **exactly** as they found it:
+model weights and buffers (BatchNorm statistics included), the train/eval mode of every module,
+the loss's state, the Python/NumPy/torch(/CUDA) random states and the loaders' generators are
+copied before and put back afterwards, also when the search fails or is interrupted. So the
+weights a run starts from after the search are the ones it was built with (pretrained, or
+``model.weights``) and the run is the run it would have been with the found lr given explicitly.
+(The reference, deep-object-reid's ``torchreid/apis/training.py::run_lr_finder``, rebuilds the
+model after its search and so loses ``model.load_weights``.)
 
-Both use a **plain** optimizer step on the run's own optimizer and parameter groups: no SAM, no
-EMA, no schedule, as the reference's finder does. Group lr ratios are kept: a group with an
-``lr_scale`` (the doubled bias lr) gets ``lr * lr_scale``.
+Both use a **plain** optimizer step on a fresh optimizer with the run's parameter groups
+(``Trainee.new_optimizer``; one per trial): no SAM, no EMA, no schedule, as the reference's finder
+does. Group lr ratios are kept: a group with an ``lr_scale`` (the doubled bias lr) gets
+``lr * lr_scale``. The short trials score each trial with an evaluation callable (the trainee's
+validation mAP by default).
 
 ``lr_range_test``: one step per batch, the lr rising exponentially from ``min_lr`` to ``max_lr``;
 the suggestion is the lr where the smoothed loss falls fastest (see ``steepest_descent``). The
@@ -25,44 +27,46 @@ a constant lr from the same starting point, scored by the last epoch's validatio
 """
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from mlic.config import DEFAULTS, load_config, save_config, with_defaults
 from mlic.data.transforms import batch_to_device
+from mlic.engine.assembly import Trainee, build_trainee
+from mlic.engine.checkpoint import write_json
 from mlic.engine.distributed import seed_epoch
 from mlic.engine.step import OptimizerStep
 from mlic.errors import ConfigError, MlicError
+from mlic.run_folder import checkpoints_of, close_logger, new_run_dir, run_logger
+
+#: A model's score after some training (the validation mAP): what the short trials maximise.
+Evaluate = Callable[[nn.Module], float]
 
 METHODS = ("range", "trials")
 
 
 # ----------------------------------------------------------------------------------- snapshot
-class TrainerSnapshot:
-    """Everything a search may change in a trainer, copied; ``restore()`` puts it back exactly.
+class Snapshot:
+    """Everything a search may change in a trainee, copied; ``restore()`` puts it back exactly.
 
     ``restore`` may be called any number of times (once per trial): it never hands out the copies.
-    Not covered, because the searches do not touch them: ``trainer.step`` (its fp16 scaler), the
-    EMA, ``trainer.epoch`` / ``global_step`` and the early-stopping state.
+    The searches' optimizers are their own, built fresh and dropped afterwards.
     """
 
-    def __init__(self, trainer: Any):
-        self.trainer = trainer
-        model = trainer.model
+    def __init__(self, trainee: Trainee):
+        self.trainee = trainee
+        model = trainee.model
         self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.modes = [m.training for m in model.modules()]
-        self.optimizer = copy.deepcopy(trainer.optimizer.state_dict())
-        scheduler = getattr(trainer, "scheduler", None)
-        self.scheduler = copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None
-        loss_fn = trainer.loss_fn
+        loss_fn = trainee.loss_fn
         self.loss = ({k: v.detach().clone() for k, v in loss_fn.state_dict().items()}
                      if isinstance(loss_fn, nn.Module) else None)
         self.python = random.getstate()
@@ -72,22 +76,17 @@ class TrainerSnapshot:
         self.generators = {name: loader.generator.get_state() for name, loader in self._loaders()}
 
     def _loaders(self) -> Iterator[tuple[str, Any]]:
-        for name in ("train_loader", "val_loader"):
-            loader = getattr(self.trainer, name, None)
+        for name, loader in (("train", self.trainee.train_loader), ("val", self.trainee.val_loader)):
             if loader is not None and loader.generator is not None:
                 yield name, loader
 
     def restore(self) -> None:
-        trainer = self.trainer
-        trainer.model.load_state_dict(self.weights)  # copies into the existing tensors
-        for module, mode in zip(trainer.model.modules(), self.modes):
+        trainee = self.trainee
+        trainee.model.load_state_dict(self.weights)  # copies into the existing tensors
+        for module, mode in zip(trainee.model.modules(), self.modes):
             module.training = mode
-        # load_state_dict may keep the tensors it is given: hand it a copy, keep ours intact.
-        trainer.optimizer.load_state_dict(copy.deepcopy(self.optimizer))
-        if self.scheduler is not None:
-            trainer.scheduler.load_state_dict(copy.deepcopy(self.scheduler))
         if self.loss is not None:
-            trainer.loss_fn.load_state_dict(self.loss)
+            trainee.loss_fn.load_state_dict(self.loss)
         random.setstate(self.python)
         np.random.set_state(self.numpy)
         torch.set_rng_state(self.torch)
@@ -104,22 +103,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def plain_step(trainer: Any) -> OptimizerStep:
-    """A plain step on the trainer's model, loss and (base) optimizer, whatever its own step is."""
-    cfg = trainer.config["train"]
-    return OptimizerStep(trainer.model, trainer.loss_fn, trainer.optimizer, trainer.device,
-                         amp=cfg["amp"], grad_clip=cfg["grad_clip"], accumulate=cfg["accumulate"],
-                         grad_clip_scope=cfg["grad_clip_scope"])
-
-
-def _batches(trainer: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(trainee: Trainee) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Training batches on the device, the loader restarted as often as needed."""
     while True:
         empty = True
-        for images, targets in trainer.train_loader:
+        for images, targets in trainee.train_loader:
             empty = False
-            yield (batch_to_device(images, trainer.device, trainer.channels_last),
-                   targets.to(trainer.device, non_blocking=True))
+            yield (batch_to_device(images, trainee.device, trainee.channels_last),
+                   targets.to(trainee.device, non_blocking=True))
         if empty:
             raise MlicError("the training loader yields no batches (fewer images than a batch?)")
 
@@ -144,10 +135,10 @@ class LRFinderResult:
         return asdict(self)
 
 
-def lr_range_test(trainer: Any, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int | None = None,
+def lr_range_test(trainee: Trainee, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int | None = None,
                   smoothing: float = 0.05, diverge_factor: float = 5.0,
                   skip_start: float = 0.1, skip_end: float = 0.05) -> LRFinderResult:
-    """Exponential lr sweep, one plain optimizer step per batch; the trainer is left as found.
+    """Exponential lr sweep, one plain optimizer step per batch; the trainee is left as found.
 
     steps: sweep points (batches); ``None``: one epoch of batches, at most 100. More steps than an
         epoch has restart the loader.
@@ -165,20 +156,21 @@ def lr_range_test(trainer: Any, min_lr: float = 1e-6, max_lr: float = 1.0, steps
     _check_range(min_lr, max_lr)
     if not 0 < smoothing <= 1:
         raise ConfigError(f"lr_finder: smoothing must be in (0, 1], got {smoothing}")
-    steps = min(len(trainer.train_loader), 100) if steps is None else int(steps)
+    steps = min(len(trainee.train_loader), 100) if steps is None else int(steps)
     if steps < 2:
         raise ConfigError(f"lr_finder: a range test needs at least 2 steps, got {steps}")
     lrs_planned = np.geomspace(min_lr, max_lr, steps).tolist()
     lrs, losses, smoothed = [], [], []
     stop_reason = "end of sweep"
-    snapshot = TrainerSnapshot(trainer)
-    batches = _batches(trainer)
+    snapshot = Snapshot(trainee)
+    batches = _batches(trainee)
     try:
-        step = plain_step(trainer)
-        trainer.model.train()
+        optimizer = trainee.new_optimizer(min_lr)
+        step = trainee.plain_step(optimizer)
+        trainee.model.train()
         average, best = 0.0, math.inf
         for i, (lr, (images, targets)) in enumerate(zip(lrs_planned, batches)):
-            set_lr(trainer.optimizer, lr)
+            set_lr(optimizer, lr)
             loss, _ = step(images, targets)
             if not math.isfinite(loss):
                 stop_reason = f"loss {loss} at lr {lr:.3g}"
@@ -224,15 +216,16 @@ def steepest_descent(lrs: list[float], smoothed: list[float], skip_start: float 
 
 
 # ------------------------------------------------------------------------------- short trials
-def lr_short_trials(trainer: Any, n_trials: int = 15, epochs_per_trial: int = 1,
+def lr_short_trials(trainee: Trainee, n_trials: int = 15, epochs_per_trial: int = 1,
                     min_lr: float = 1e-6, max_lr: float = 1.0, step: float | None = None,
-                    timeout: float | None = None, seed: int = 0, log: bool = True):
-    """The reference's TPE mode: returns ``(best_lr, study)``; the trainer is left as found.
+                    timeout: float | None = None, seed: int = 0,
+                    evaluate: Evaluate | None = None, log: Callable[[str], None] | None = None):
+    """The reference's TPE mode: returns ``(best_lr, study)``; the trainee is left as found.
 
-    Each trial starts from the trainer's state (weights, optimizer, random states: restored
-    before every trial and after the study), trains ``epochs_per_trial`` epochs at a constant lr
-    with a plain step (no SAM, EMA or schedule), reports the validation mAP after every epoch to a
-    ``MedianPruner`` and scores the last epoch's mAP. A diverging trial (non-finite loss) scores 0.
+    Each trial starts from the trainee's state (weights, random states: restored before every
+    trial and after the study), trains ``epochs_per_trial`` epochs at a constant lr with a plain
+    step on a fresh optimizer (no SAM, EMA or schedule), reports ``evaluate(model)`` (default: the
+    validation mAP) after every epoch to a ``MedianPruner`` and scores the last epoch's value. A diverging trial (non-finite loss) scores 0.
     The lr is sampled log-uniformly over [min_lr, max_lr] and rounded to 3 significant digits; a
     value already tried is pruned without training. ``step`` samples a linear grid instead, as the
     reference did ([1e-5, 1e-3] by 1e-5, a grid that does not even hold its own released lrs 5e-3
@@ -240,17 +233,18 @@ def lr_short_trials(trainer: Any, n_trials: int = 15, epochs_per_trial: int = 1,
 
     Every trial's epoch e sees the data in the order the real run's epoch e will.
     """
-    import optuna
+    import optuna  # here: half a second to import, and only this search needs it
 
     _check_range(min_lr, max_lr)
-    if trainer.val_loader is None:
+    if evaluate is None and trainee.val_loader is None:
         raise ConfigError("lr_finder.method=trials scores each trial by the validation mAP: set a "
                           "validation split (data.val), or use lr_finder.method=range")
     epochs = int(epochs_per_trial)
     if epochs < 1 or int(n_trials) < 1:
         raise ConfigError("lr_finder: n_trials and epochs_per_trial must be >= 1")
+    evaluate = evaluate or trainee.validation_map
     tried: dict[float, int] = {}
-    snapshot = TrainerSnapshot(trainer)
+    snapshot = Snapshot(trainee)
 
     def objective(trial: optuna.Trial) -> float:
         if step:
@@ -264,22 +258,20 @@ def lr_short_trials(trainer: Any, n_trials: int = 15, epochs_per_trial: int = 1,
             raise optuna.TrialPruned()
         tried[lr] = trial.number
         snapshot.restore()
-        train_step = plain_step(trainer)
-        set_lr(trainer.optimizer, lr)
+        train_step = trainee.plain_step(trainee.new_optimizer(lr))
         value = 0.0
         for epoch in range(epochs):
-            loss = _train_epoch(trainer, train_step, epoch)
+            loss = _train_epoch(trainee, train_step, epoch)
             if not math.isfinite(loss):
                 trial.set_user_attr("diverged", True)
                 if log:
-                    trainer.log.info(f"lr trial {trial.number}: lr {lr:.3g} diverged in epoch "
-                                     f"{epoch + 1}")
+                    log(f"lr trial {trial.number}: lr {lr:.3g} diverged in epoch {epoch + 1}")
                 return 0.0
-            value = float(trainer.evaluate(trainer.model, trainer.val_loader, "val")["mAP"])
+            value = float(evaluate(trainee.model))
             value = value if math.isfinite(value) else 0.0
             if log:
-                trainer.log.info(f"lr trial {trial.number}: lr {lr:.3g} epoch {epoch + 1}/{epochs} "
-                                 f"loss {loss:.4f} val mAP {100 * value:.2f}")
+                log(f"lr trial {trial.number}: lr {lr:.3g} epoch {epoch + 1}/{epochs} "
+                    f"loss {loss:.4f} val mAP {100 * value:.2f}")
             trial.report(value, epoch)
             if epoch < epochs - 1 and trial.should_prune():
                 raise optuna.TrialPruned()
@@ -302,14 +294,14 @@ def lr_short_trials(trainer: Any, n_trials: int = 15, epochs_per_trial: int = 1,
     return float(study.best_trial.user_attrs["lr"]), study
 
 
-def _train_epoch(trainer: Any, step: OptimizerStep, epoch: int) -> float:
-    """One epoch of plain steps, data ordered as the trainer's epoch ``epoch``; the mean loss."""
-    seed_epoch(trainer.train_loader, int(trainer.config["seed"]), epoch)  # as Trainer.train_one_epoch
-    trainer.model.train()
+def _train_epoch(trainee: Trainee, step: OptimizerStep, epoch: int) -> float:
+    """One epoch of plain steps, data ordered as the run's epoch ``epoch``; the mean loss."""
+    seed_epoch(trainee.train_loader, int(trainee.config["seed"]), epoch)  # as Trainer.train_one_epoch
+    trainee.model.train()
     total, count = 0.0, 0
-    for images, targets in trainer.train_loader:
-        images = batch_to_device(images, trainer.device, trainer.channels_last)
-        loss, _ = step(images, targets.to(trainer.device, non_blocking=True))
+    for images, targets in trainee.train_loader:
+        images = batch_to_device(images, trainee.device, trainee.channels_last)
+        loss, _ = step(images, targets.to(trainee.device, non_blocking=True))
         if not math.isfinite(loss):
             return loss
         total, count = total + loss, count + 1
@@ -357,7 +349,6 @@ class LRSearch:
 
     def save(self, folder: Path, stem: str) -> list[Path]:
         """``<stem>.json`` and, when matplotlib is installed, ``<stem>.png``."""
-        from mlic.engine.checkpoint import write_json
         folder = Path(folder)
         written = [folder / f"{stem}.json"]
         write_json(written[0], self.to_dict())
@@ -372,10 +363,10 @@ class LRSearch:
         return written
 
 
-def find_lr(trainer: Any, settings: Mapping[str, Any] | None = None, method: str | None = None
-            ) -> LRSearch:
-    """Run the search that ``settings`` (the config's ``lr_finder`` section) names."""
-    from mlic.config import DEFAULTS
+def find_lr(trainee: Trainee, settings: Mapping[str, Any] | None = None, method: str | None = None,
+            evaluate: Evaluate | None = None, log: Callable[[str], None] | None = None) -> LRSearch:
+    """Run the search that ``settings`` (the config's ``lr_finder`` section) names; the trials
+    score with ``evaluate`` (default: the trainee's validation mAP) and report to ``log``."""
     s = {**DEFAULTS["lr_finder"], **(settings or {})}
     method = method or s["method"]
     if method not in METHODS:
@@ -386,13 +377,14 @@ def find_lr(trainer: Any, settings: Mapping[str, Any] | None = None, method: str
         raise ConfigError(f"lr_finder.timeout must be a number of seconds > 0 or null, got {timeout!r}")
     start = time.time()
     if method == "range":
-        result = lr_range_test(trainer, s["min_lr"], s["max_lr"], s["steps"], s["smoothing"])
+        result = lr_range_test(trainee, s["min_lr"], s["max_lr"], s["steps"], s["smoothing"])
         if result.suggestion is None:
             raise MlicError(f"lr range test: no finite loss at all ({result.stop_reason}); "
                             f"lower lr_finder.min_lr or check the data")
         return LRSearch("range", float(f"{result.suggestion:.3g}"), time.time() - start, result=result)
-    best, study = lr_short_trials(trainer, s["n_trials"], s["epochs_per_trial"], s["min_lr"],
-                                  s["max_lr"], timeout=timeout, seed=int(trainer.config["seed"]))
+    best, study = lr_short_trials(trainee, s["n_trials"], s["epochs_per_trial"], s["min_lr"],
+                                  s["max_lr"], timeout=timeout, seed=int(trainee.config["seed"]),
+                                  evaluate=evaluate, log=log)
     trials = [{"number": t.number, "lr": t.user_attrs.get("lr"), "state": t.state.name.lower(),
                "value": t.value, "intermediate": [t.intermediate_values[k]
                                                   for k in sorted(t.intermediate_values)]}
@@ -402,7 +394,9 @@ def find_lr(trainer: Any, settings: Mapping[str, Any] | None = None, method: str
 
 # ------------------------------------------------------------------------------------ plots
 def _figure():
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
+    # Imported here: matplotlib takes a second to import. Figure, not pyplot: the caller's backend
+    # is left alone.
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 4.2), dpi=100)
     return fig, fig.add_subplot(1, 1, 1)
 
@@ -452,27 +446,24 @@ def lr_find(config: str | Path | Mapping[str, Any] | None, overrides: Any = (),
     """A dry run of the search for a config: nothing is trained or saved but the search's
     ``lr_find.json`` / ``.png`` (and ``lr_find_config.yaml``, ``train.log``) in ``out`` (default: a
     new ``<output_dir>/<name>-lr-find-<time>`` folder). Returns the search and the folder."""
-    from mlic.config import load_config, save_config
-    from mlic.engine.run_dir import close_logger, new_run_dir
-    from mlic.engine.trainer import Trainer, _with_defaults
-
     if isinstance(config, Mapping):
-        cfg = load_config(None, overrides, base=_with_defaults(config))
+        cfg = load_config(None, overrides, base=with_defaults(config))
     else:
         cfg = load_config(config, overrides)
     if out is None:
         folder = new_run_dir(cfg["output_dir"], f"{cfg.get('name') or 'run'}-lr-find")
-        (folder / "checkpoints").rmdir()
+        checkpoints_of(folder).rmdir()
     else:
         folder = Path(out)
         if (folder / "config.yaml").exists():
             raise MlicError(f"{folder} holds a run (config.yaml); give lr-find a folder of its own")
         folder.mkdir(parents=True, exist_ok=True)
     save_config(cfg, folder / "lr_find_config.yaml")
-    trainer = Trainer(cfg, folder, progress=progress, quiet=True)
+    log = run_logger(folder, quiet=True)
     try:
-        search = find_lr(trainer, cfg["lr_finder"], method=method)
+        trainee = build_trainee(cfg, folder, log, progress)
+        search = find_lr(trainee, cfg["lr_finder"], method=method, log=log.info)
     finally:
-        close_logger(trainer.log)
+        close_logger(log)
     search.save(folder, "lr_find")
     return search, folder

@@ -1,7 +1,9 @@
 """Optimizer and learning-rate schedule.
 
 No-bias-decay: weight decay pulls weights towards zero, which regularises convolution and linear
-weights but only distorts biases and normalisation scales; those go in a group without decay.
+weights but only distorts biases, normalisation scales and learnt queries; those go in groups
+without decay (``parameter_groups``, the one rule). ``double_bias_lr`` changes only the biases'
+lr, never which weights decay.
 """
 from __future__ import annotations
 
@@ -13,20 +15,41 @@ from torch import nn
 from mlic.errors import ConfigError
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool = True
-                     ) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+# Names of weights that are not decayed although they are 2-D: the reference's "norm" and
+# "query_embed"; "queries" catches the Query2Label label-query embedding.
+NO_DECAY_KEYWORDS = ("norm", "query", "queries")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, no_bias_decay: bool = True,
+                     double_bias_lr: bool = False) -> list[dict[str, Any]]:
+    """The parameters that require grads, in groups (empty groups left out), each with an
+    ``lr_scale`` (the optimizer's lr is base lr x lr_scale, so OneCycle's per-group peak follows):
+
+    * ``decay``: ``weight_decay``; first, so the logged ``param_groups[0]["lr"]`` is the base lr;
+    * ``no_decay``: names ending in "bias", 1-D parameters (norm scales) and names containing one
+      of ``NO_DECAY_KEYWORDS``: no weight decay (the recipe's three-way split, deep-object-reid's
+      ``nbd``);
+    * ``bias``, only with ``double_bias_lr``: the biases, out of ``no_decay`` at ``lr_scale`` 2
+      (Caffe style, the paper's recipe).
+
+    Without ``no_bias_decay`` every parameter is in ``decay`` (and no bias lr is doubled).
+    """
+    decay, no_decay, bias = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if no_bias_decay and (param.ndim <= 1 or name.endswith(".bias")):
+        if not no_bias_decay:
+            decay.append(param)
+        elif name.endswith("bias") and double_bias_lr:
+            bias.append(param)
+        elif name.endswith("bias") or param.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS):
             no_decay.append(param)
         else:
             decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
-    return groups
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0, "name": "no_decay"},
+              {"params": bias, "weight_decay": 0.0, "lr_scale": 2.0, "name": "bias"}]
+    return [g for g in groups if g["params"]]
 
 
 def split_head_groups(model: nn.Module, groups: list[dict[str, Any]], head_lr_scale: float
@@ -49,11 +72,8 @@ def split_head_groups(model: nn.Module, groups: list[dict[str, Any]], head_lr_sc
 
 def build_optimizer(model: nn.Module, train: Mapping[str, Any]) -> torch.optim.Optimizer:
     name, lr = train["optimizer"], float(train["lr"])
-    if train.get("double_bias_lr") and train["no_bias_decay"]:
-        from mlic.engine.sam import sam_parameter_groups  # the paper's three groups
-        groups = sam_parameter_groups(model, train["weight_decay"], double_bias_lr=True)
-    else:
-        groups = parameter_groups(model, train["weight_decay"], train["no_bias_decay"])
+    groups = parameter_groups(model, train["weight_decay"], train["no_bias_decay"],
+                              bool(train.get("double_bias_lr")))
     groups = split_head_groups(model, groups, float(train.get("head_lr_scale", 1.0)))
     for group in groups:  # OneCycle's max_lr is each group's lr, so doubled biases peak at 2x
         group["lr"] = lr * group.get("lr_scale", 1.0)

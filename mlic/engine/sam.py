@@ -60,7 +60,6 @@ the same optimizer step with it, so weights (and an EMA of them) stay identical 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -70,42 +69,6 @@ from mlic.engine.accumulate import backward_in_chunks
 from mlic.engine.clipping import GradientClipper
 
 PERTURBATIONS = ("global", "local")
-
-
-# ------------------------------------------------------------------------------------- groups
-def sam_parameter_groups(model: nn.Module, weight_decay: float, double_bias_lr: bool = True,
-                         no_decay_keywords: tuple[str, ...] = ("norm", "query", "queries")
-                         ) -> list[dict[str, Any]]:
-    """The recipe's three-way no-bias-decay split (deep-object-reid's ``nbd``), for params requiring grads.
-
-    * ``decay``: everything not below: ``weight_decay``, ``lr_scale`` 1 (first group);
-    * ``no_decay``: 1-D parameters that are not biases (norm scales) and names containing one of
-      ``no_decay_keywords`` (the reference's "norm" and "query_embed"; "queries" catches the
-      Query2Label label-query embedding): no weight decay, ``lr_scale`` 1;
-    * ``bias``: names ending in "bias" (checked first): no weight decay; ``lr_scale`` 2 if
-      ``double_bias_lr`` (Caffe style) else 1.
-
-    Groups carry ``lr_scale`` instead of ``lr``: the optimizer builder sets ``lr = base lr *
-    lr_scale`` per group (so OneCycle's per-group ``max_lr`` follows). Empty groups are left out.
-    """
-    bias, no_decay, decay = [], [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if name.endswith("bias"):
-            bias.append(param)
-        elif param.ndim <= 1 or any(k in name for k in no_decay_keywords):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    # "decay" first: the trainer logs param_groups[0]["lr"], which should be the base lr.
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0, "name": "no_decay"},
-        {"params": bias, "weight_decay": 0.0, "lr_scale": 2.0 if double_bias_lr else 1.0,
-         "name": "bias"},
-    ]
-    return [g for g in groups if g["params"]]
 
 
 # --------------------------------------------------------------------------------------- step

@@ -16,36 +16,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from mlic.engine.checkpoint import load_model, resolve_checkpoint
+from mlic.engine.checkpoint import load_model
 from mlic.errors import ConfigError
 from mlic.export.metadata import export_metadata
 from mlic.export.quantize import (DEFAULT_CALIBRATION_SIZE, DEFAULT_VALIDATION_SIZE,
                                   resolve_overflow_fix)
+from mlic.run_folder import resolve_checkpoint, run_of_checkpoint, run_split
+from mlic.version import __version__
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
-
-
-def run_folder(source: str | Path, tag: str = "best") -> Path:
-    """The run folder a checkpoint belongs to (its checkpoints/ folder's parent)."""
-    folder = resolve_checkpoint(source, tag).parent
-    return folder.parent if folder.name == "checkpoints" else folder
-
-
-def run_split(run: Path, split: str = "train") -> Any:
-    """The annotation spec of one split (``data.train``, ``data.val``) of a run, from its config."""
-    config_path = run / "config.yaml"
-    option = "--calibration-data" if split == "train" else "--validation-data"
-    if not config_path.is_file():
-        raise ConfigError(f"{run}: no config.yaml to find the {split} images in; pass {option}")
-    data = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("data", {})
-    if not data.get(split):
-        raise ConfigError(f"{config_path}: no data.{split} split; pass {option}")
-    spec = data[split]
-    if data.get("classes") and isinstance(spec, str):  # a plain CSV's class list belongs to it
-        spec = {"path": spec, "classes": data["classes"]}
-    return spec
 
 
 def export_model(source: str | Path, format: str = "onnx", out: str | Path | None = None,
@@ -85,14 +64,15 @@ def export_model(source: str | Path, format: str = "onnx", out: str | Path | Non
         from mlic.export.quantize import calibration_inputs, cpu_has_vnni, validation_inputs
         labels = list(checkpoint_meta["label_names"])
         data = calibration_data if calibration_data is not None else run_split(
-            run_folder(source, tag), "train")
+            run_of_checkpoint(source, tag), "train", hint="; pass --calibration-data", with_classes=True)[1]
         samples = calibration_inputs(str(data) if isinstance(data, Path) else data, model, labels,
                                      calibration_size)
         calibration = {"images": len(samples), "data": str(calibration_data or "train split"),
                        "overflow_fix": overflow_fix, "exported_on_vnni_cpu": cpu_has_vnni()}
         if max_drop is not None:
             data = validation_data if validation_data is not None else run_split(
-                run_folder(source, tag), "val")
+                run_of_checkpoint(source, tag), "val", hint="; pass --validation-data",
+                with_classes=True)[1]
             validation = validation_inputs(str(data) if isinstance(data, Path) else data, model,
                                            labels, validation_size)
             calibration["accuracy_control"] = {
@@ -149,15 +129,14 @@ def _output_path(source: str | Path, tag: str, format: str, out: str | Path | No
         if Path(out).suffix != suffix:
             raise ConfigError(f"--out {out}: a {format} model is written as *{suffix}")
         return Path(out)
-    folder = Path(out) if out is not None else run_folder(source, tag) / "export"
+    folder = Path(out) if out is not None else run_of_checkpoint(source, tag) / "export"
     return folder / (("model_int8" if int8 else "model") + suffix)
 
 
 def _versions(format: str, int8: bool) -> dict[str, str]:
     import torch
 
-    import mlic
-    versions = {"mlic": mlic.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    versions = {"mlic": __version__, "torch": torch.__version__, "python": platform.python_version()}
     import onnx
     versions["onnx"] = onnx.__version__
     if format == "openvino":

@@ -8,7 +8,6 @@ re-weight without knowing which family the backbone came from.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import timm
 import torch
@@ -16,24 +15,7 @@ from torch import nn
 
 from mlic.errors import ConfigError, WeightsError
 from mlic.models.weights import LITE_PACKAGES, lite_package_state_dict, load_into
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What an image must go through before the model sees it."""
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]),
-                   d.get("interpolation", "bilinear"))
+from mlic.preprocessing import Preprocessing
 
 
 class Backbone(nn.Module):

@@ -11,10 +11,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from mlic.models.backbone import Backbone, Preprocessing
+from mlic.errors import ConfigError
+from mlic.models.backbone import Backbone
 from mlic.models.heads import build_head
 from mlic.models.label_context import LabelContext
 from mlic.models.weights import load_model_file
+from mlic.preprocessing import Preprocessing
 
 
 class MultiLabelClassifier(nn.Module):
@@ -62,7 +64,6 @@ def create_model(backbone: str, num_classes: int, head: str = "linear", pretrain
     ``label_context`` (label names, co-occurrence, word embeddings) is handed to heads that use it.
     """
     if num_classes < 1:
-        from mlic.errors import ConfigError
         raise ConfigError(f"a model needs at least one class, got num_classes={num_classes}")
     body = Backbone(backbone, pretrained=pretrained and weights is None, drop_rate=drop_rate)
     head_params = dict(head_params or {})

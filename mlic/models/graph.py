@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlic.errors import ConfigError
+
 REWEIGHT_MODES = ("reference", "paper")
 
 
@@ -250,9 +252,8 @@ class LabelNodes(nn.Module):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.filled:
-            from mlic.errors import ConfigError
             raise ConfigError("this label-graph head has no graph: build the model with a "
-                              "label_context (mlic.models.label_embeddings.build_label_context) "
+                              "label_context (mlic.engine.label_context.build_label_context) "
                               "or load saved weights into it")
         return self.embeddings, self.adjacency
 
@@ -260,7 +261,6 @@ class LabelNodes(nn.Module):
 def check_label_context(context, num_classes: int, embedding_dim: int,
                         learned_embeddings: bool = False) -> None:
     """Raise a ConfigError saying what to set when a LabelContext does not fit a graph head."""
-    from mlic.errors import ConfigError
     if len(context.label_names) != num_classes or np.shape(context.conditional) != (num_classes,) * 2:
         raise ConfigError(f"label context has {len(context.label_names)} labels and a "
                           f"{np.shape(context.conditional)} correlation matrix; the model has "

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from mlic.errors import ConfigError, DataError
-from mlic.models.label_context import LabelContext
 
 log = logging.getLogger(__name__)
 
@@ -198,28 +197,3 @@ def _read_glove(path: Path, words: set[str]) -> dict[str, np.ndarray]:
             if len(found) == len(words):
                 break  # GloVe files are GBs: stop as soon as every word is known
     return found
-
-
-def build_label_context(table_or_targets, label_names: Sequence[str] | None = None,
-                        embedding_source: str | None = "minilm",
-                        cache_dir: str | Path | None = None) -> LabelContext:
-    """A LabelContext from a training LabelTable (or its targets matrix) and an embedding source.
-
-    P(j | i) counts images (ML-GCN's statistic); DOR counts object instances, which lowers it for
-    labels that appear many times in one image (deep-object-reid's stored
-    ``gan_tools/adj_matrieses/adj_matrix_*.npy``; docs/heads.md). ``embedding_source=None`` leaves
-    the embeddings out.
-    """
-    from mlic.data.stats import conditional_cooccurrence
-    if label_names is None:
-        label_names = getattr(table_or_targets, "label_names", None)
-        if label_names is None:
-            raise ConfigError("build_label_context: pass label_names with a targets matrix")
-    names = [str(n) for n in label_names]
-    conditional = conditional_cooccurrence(table_or_targets)
-    if conditional.shape[0] != len(names):
-        raise ConfigError(f"build_label_context: {len(names)} label names for a targets matrix "
-                          f"with {conditional.shape[0]} columns")
-    embeddings, source = (None, "") if embedding_source is None else label_embeddings(
-        names, embedding_source, cache_dir)
-    return LabelContext(names, conditional, embeddings, source)

@@ -32,11 +32,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mlic.errors import ConfigError
-from mlic.models.heads import register_head
+from mlic.models.heads.cosine import cosine_logits, paired_cosine
+from mlic.models.heads.registry import register_head
 from mlic.models.heads.position import sine_position_encoding
 from mlic.models.heads.transformer import EncoderLayer
 
@@ -101,8 +101,7 @@ class CTranHead(nn.Module):
             h = layer(h)
         h = h[:, -self.num_classes:]  # the label tokens
         if self.cosine:
-            cos = (F.normalize(h, dim=-1) * F.normalize(self.class_weight.to(h.dtype), dim=-1)).sum(-1)
-            return self.scale * cos.clamp(-1.0, 1.0)
+            return cosine_logits(paired_cosine(h, self.class_weight.to(h.dtype)), self.scale)
         return (h * self.class_weight.to(h.dtype)).sum(-1) + self.class_bias.to(h.dtype)
 
     def extra_repr(self) -> str:

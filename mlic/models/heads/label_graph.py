@@ -25,7 +25,7 @@ from torch import nn
 from mlic.errors import ConfigError
 from mlic.models.graph import (GraphAttention, GraphConvolution, GraphOutputCache, LabelNodes,
                                full_precision)
-from mlic.models.heads import build_head, register_head
+from mlic.models.heads.registry import build_head, register_head
 from mlic.models.heads.cosine import CosineLinear
 from mlic.models.heads.pooling import GlobalPool
 from mlic.models.label_context import LabelContext

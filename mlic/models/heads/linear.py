@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlic.models.heads import register_head
+from mlic.models.heads.registry import register_head
 from mlic.models.heads.cosine import CosineLinear
 from mlic.models.heads.pooling import GlobalPool
 

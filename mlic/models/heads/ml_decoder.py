@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlic.errors import ConfigError
-from mlic.models.heads import register_head
+from mlic.models.heads.cosine import cosine_logits
+from mlic.models.heads.registry import register_head
 
 
 class _DecoderLayer(nn.Module):
@@ -100,7 +101,7 @@ class MLDecoderHead(nn.Module):
             weight = F.normalize(weight, dim=1)  # each of the K*g class columns to unit length
         out = torch.einsum("bkd,kdg->bkg", h, weight.to(h.dtype)).flatten(1)[:, :self.num_classes]
         if self.cosine:
-            return self.scale * (out + self.bias)
+            return cosine_logits(out, self.scale, self.bias)
         return out + self.bias
 
     def extra_repr(self) -> str:

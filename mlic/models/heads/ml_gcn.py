@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mlic.models.graph import GraphConvolution, GraphOutputCache, LabelNodes, full_precision
-from mlic.models.heads import register_head
+from mlic.models.heads.registry import register_head
 from mlic.models.heads.pooling import GlobalPool
 from mlic.models.label_context import LabelContext
 

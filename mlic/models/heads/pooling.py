@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlic.errors import ConfigError
+
 POOLINGS = ("avg", "max", "avg+max")
 
 
@@ -11,7 +13,6 @@ class GlobalPool(nn.Module):
     def __init__(self, kind: str = "avg"):
         super().__init__()
         if kind not in POOLINGS:
-            from mlic.errors import ConfigError
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {kind!r}")
         self.kind = kind
 

@@ -34,11 +34,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mlic.errors import ConfigError
-from mlic.models.heads import register_head
+from mlic.models.heads.cosine import cosine_logits, paired_cosine
+from mlic.models.heads.registry import register_head
 from mlic.models.heads.position import sine_position_encoding
 from mlic.models.heads.transformer import DecoderLayer, EncoderLayer
 
@@ -96,8 +96,7 @@ class Query2LabelHead(nn.Module):
             tgt = layer(tgt, query_pos, src, pos)
         h = self.decoder_norm(tgt)  # (B, C, hidden)
         if self.cosine:
-            cos = (F.normalize(h, dim=-1) * F.normalize(self.class_weight, dim=-1)).sum(-1)
-            return self.scale * cos.clamp(-1.0, 1.0)
+            return cosine_logits(paired_cosine(h, self.class_weight), self.scale)
         return (h * self.class_weight).sum(-1) + self.class_bias
 
     def extra_repr(self) -> str:

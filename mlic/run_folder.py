@@ -6,7 +6,15 @@
       metrics.csv          one row per epoch
       checkpoints/         last.* (resume), best.* (the selected weights)
       eval_<split>.json    metrics of the selected weights (written by training and by `mlic eval`)
+      thresholds.json      tuned per-class thresholds (`mlic tune-thresholds`)
       report.html, plots/  the run on one page, and its figures (mlic/report.py)
+      export/              exported models (`mlic export`)
+
+Everything that reads or writes a run folder finds its files here: training creates it
+(``new_run_dir``), logs to it (``run_logger``) and appends its metrics; eval, tune-thresholds,
+export and the report read its config (``run_config``) and its splits (``run_split``); predict,
+eval and export find its weights (``resolve_checkpoint``; ``run_of_checkpoint`` the other way).
+Nothing here knows how a run is trained, and nothing here imports the engine.
 """
 from __future__ import annotations
 
@@ -17,7 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from mlic.atomic import atomic_write
+from mlic.errors import ConfigError, WeightsError
+
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
 
 METRICS_COLUMNS = ["epoch", "steps", "lr", "train_loss", "skipped_steps", "clipped_steps", "val_mAP", "val_mAP_ema",
                    "selected", "best_mAP", "es_smooth", "es_wait", "attn_ratio", "image_share",
@@ -31,8 +45,71 @@ def new_run_dir(output_dir: str | Path, name: str | None) -> Path:
     while path.exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    (path / "checkpoints").mkdir(parents=True)
+    try:
+        checkpoints_of(path).mkdir(parents=True)
+    except OSError as e:  # output_dir a file, read-only, missing permissions, a full disk
+        what = "is a file, not a folder" if Path(output_dir).is_file() else \
+            f"cannot hold a new run folder ({e.strerror})"
+        raise ConfigError(f"output_dir {output_dir} {what}; set output_dir to a folder mlic can "
+                          f"write in") from None
     return path
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A folder written by ``mlic train``: it has a config.yaml or a checkpoints/best.json."""
+    path = Path(path)
+    return (path / CONFIG).is_file() or (path / CHECKPOINTS / "best.json").is_file()
+
+
+def resolve_checkpoint(path: str | Path, tag: str = "best") -> Path:
+    """A run folder, a checkpoints folder, or a checkpoint's .json/.safetensors -> its .json."""
+    path = Path(path)
+    candidates = []
+    if path.is_dir():
+        for folder in (path / CHECKPOINTS, path):
+            candidates += [folder / f"{tag}.json", folder / "last.json"]
+    elif path.suffix in (".json", ".safetensors"):
+        candidates.append(path.with_suffix(".json"))
+    for candidate in candidates:
+        if candidate.is_file() and candidate.with_suffix(".safetensors").is_file():
+            return candidate
+    raise WeightsError(f"{path}: no checkpoint found (looked for "
+                       f"{', '.join(str(c) for c in candidates) or 'a .json beside a .safetensors'})")
+
+
+def run_of_checkpoint(source: str | Path, tag: str = "best") -> Path:
+    """The run folder a checkpoint belongs to (its checkpoints/ folder's parent)."""
+    folder = resolve_checkpoint(source, tag).parent
+    return folder.parent if folder.name == CHECKPOINTS else folder
+
+
+def checkpoints_of(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def run_config(run_dir: str | Path, hint: str = "") -> dict[str, Any]:
+    """The run's config.yaml as saved (a dict); ``hint`` ends the error when there is none."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no {CONFIG}){hint}")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def run_split(run_dir: str | Path, *names: str, hint: str = "", with_classes: bool = False
+              ) -> tuple[str, Any]:
+    """The first of the splits ``names`` (train, val, test) that the run's config sets: its name
+    and its annotation spec (``data.<name>``), as training read it; ``with_classes``: a plain CSV
+    path gets the run's ``data.classes`` (the label list it was written with). ``hint`` ends the
+    errors."""
+    data = run_config(run_dir, hint).get("data") or {}
+    for name in names:
+        spec = data.get(name)
+        if spec and with_classes and data.get("classes") and isinstance(spec, str):
+            spec = {"path": spec, "classes": data["classes"]}
+        if spec:
+            return name, spec
+    raise ConfigError(f"{Path(run_dir) / CONFIG}: no {' or '.join(f'data.{n}' for n in names)} "
+                      f"split{hint}")
 
 
 def run_logger(run_dir: Path, quiet: bool = False) -> logging.Logger:

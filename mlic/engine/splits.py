@@ -1,0 +1,107 @@
+"""A run's data: its splits read from the config and aligned to one label order, their images
+checked, and the loaders over them."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch.utils.data import DataLoader
+
+from mlic.data.dataset import MultiLabelDataset
+from mlic.data.formats import load_table
+from mlic.data.formats.csv_table import read_class_list
+from mlic.data.images import MAX_PIXELS
+from mlic.data.table import LabelTable
+from mlic.data.validate import validate_images
+from mlic.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Splits:
+    label_names: list[str]
+    train: LabelTable
+    val: LabelTable | None = None
+    test: LabelTable | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_classes(classes: Any) -> list[str] | None:
+    """data.classes: a list of names or a file of them; a problem names that file, not train.csv."""
+    return None if classes is None else read_class_list(classes)
+
+
+def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
+    """Read the splits and align them all to one label order (the training split's by default)."""
+    if data.get("train") is None:
+        raise ConfigError("data.train is not set: give the training annotations, e.g. "
+                          "data.train=path/to/train.csv")
+    train = load_table(data["train"])
+    names = read_classes(data.get("classes")) or train.label_names
+    splits = Splits(names, train.with_labels(names, "negative"))
+    if data.get("hide_fraction"):
+        splits.train, hidden = splits.train.hide(float(data["hide_fraction"]), seed)
+        splits.notes.append(f"data.hide_fraction: {hidden} training labels hidden (set to unknown)")
+    unlabelled = int((~(splits.train.targets == 1).any(axis=1)).sum())
+    if unlabelled:
+        splits.notes.append(f"{unlabelled} of {len(train)} training images have no positive label "
+                            f"(kept: they are negatives for every label they do not mark unknown)")
+    missing = sorted(set(names) - set(train.label_names))
+    if missing:
+        splits.notes.append(f"{len(missing)} labels of data.classes never occur in the training split")
+    for key in ("val", "test"):
+        if data.get(key) is None:
+            continue
+        table = load_table(data[key])
+        extra = sorted(set(table.label_names) - set(names))
+        if extra:
+            splits.notes.append(f"{key}: {len(extra)} labels not among the training labels are "
+                                f"ignored: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
+        aligned = table.with_labels(names, "negative")
+        if len(aligned) and not (aligned.targets == 1).any():  # its mAP would be nan
+            raise DataError(f"data.{key}: none of its {len(table)} images has a label among the "
+                            f"{len(names)} training labels (its labels: "
+                            f"{', '.join(table.label_names[:8]) or 'none'}), so it cannot measure "
+                            f"the model", table.source)
+        setattr(splits, key, aligned)
+    return splits
+
+
+def check_split_images(splits: Splits, data: Mapping[str, Any], log: logging.Logger,
+                       report: Path | None, progress: bool) -> int:
+    """Check every split's images (data.check_images); under data.on_bad_image=skip, drop the
+    bad ones from the splits (listed in ``report``). Returns the number of training images left out."""
+    hint = "; fix or remove them, or set data.on_bad_image=skip to train on the rest"
+    left_out = 0
+    for key in SPLITS:
+        table = getattr(splits, key)
+        if table is None:
+            continue
+        log.info(f"{key}: {table.summary()}  [{table.source}]")
+        usable, problems = validate_images(table, data["check_images"], data["on_bad_image"],
+                                           progress, report, hint,
+                                           data.get("max_image_pixels", MAX_PIXELS))
+        if problems:
+            log.info(f"{key}: skipped {len(problems)} of {len(table)} images that cannot be used "
+                     f"(data.on_bad_image=skip; listed in {report}), e.g. {problems[0]}")
+            setattr(splits, key, usable)
+            left_out += len(problems) if key == "train" else 0
+    if len(splits.train) < 2:  # one image: batch norm cannot train on batches of one
+        raise DataError(f"data.train: {len(splits.train)} usable image(s); training needs at least "
+                        f"2", splits.train.source)
+    return left_out
+
+
+def make_loader(table: LabelTable, transform, batch_size: int, workers: int, shuffle: bool,
+                drop_last: bool = False, seed: int = 0, sampler=None, on_bad: str = "error",
+                failure_log: Path | None = None, max_pixels: int | None = MAX_PIXELS) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    dataset = MultiLabelDataset(table, transform, on_bad, failure_log, max_pixels)
+    return DataLoader(dataset, batch_size=batch_size,
+                      shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, drop_last=drop_last, generator=generator,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
