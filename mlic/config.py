@@ -122,7 +122,7 @@ DEFAULTS: dict[str, Any] = {
         "sync_bn": False,       # SyncBatchNorm across processes in a distributed run (GPUs)
         # Experiment tracking besides metrics.csv and steps.csv (always written): any of
         # tensorboard, mlflow (pip install 'mlic[tracking]'); rank 0 only; a logger's failure is a
-        # warning, never the run's (mlic/tracking.py, docs/training.md)
+        # warning, never the run's (mlic/tracking.py, docs/seeing.md)
         "loggers": [],
     },
     "lr_finder": {               # used when train.lr is "auto", and by `mlic lr-find`

@@ -19,20 +19,29 @@ HEAT_LABELS, PAIRS = 20, 15
 
 
 def pair_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(C, C): images where label i is set in ``a`` and label j in ``b`` (both (N, C) booleans)."""
-    return a.T.astype(np.float32) @ b.astype(np.float32)
+    """(C, C): images where label i is set in ``a`` and label j in ``b`` (both (N, C) booleans),
+    as a sparse product: an image has a few labels of thousands, so this is fast on large sets."""
+    from scipy import sparse
+    product = sparse.csr_matrix(a, dtype=np.float32).T @ sparse.csr_matrix(b, dtype=np.float32)
+    return product.toarray()
 
 
 def top_columns(weights: np.ndarray, limit: int = MAX_LABELS) -> np.ndarray:
     return np.sort(np.argsort(-weights, kind="stable")[:limit])
 
 
-def cooccurrence_section(targets: np.ndarray, labels: Sequence[str]) -> tuple[str, bytes | None]:
-    """The table of the most frequent pairs and the heat map (PNG) from training targets."""
+def training_pairs(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(kept label indices, their pair counts): the training labels' co-occurrence over the
+    ``MAX_LABELS`` most frequent labels; the diagonal holds each label's count."""
     positive = targets == 1
     keep = top_columns(positive.sum(axis=0))
-    positive, names = positive[:, keep], [labels[i] for i in keep]
-    counts = pair_counts(positive, positive)
+    return keep, pair_counts(positive[:, keep], positive[:, keep])
+
+
+def cooccurrence_section(keep: np.ndarray, counts: np.ndarray, labels: Sequence[str]
+                         ) -> tuple[str, bytes | None]:
+    """The table of the most frequent pairs and the heat map (PNG), from ``training_pairs``."""
+    names = [labels[i] for i in keep]
     singles = np.diag(counts).copy()
     upper = np.triu(counts, 1)
     pairs = [(int(upper[i, j]), i, j) for i, j in zip(*np.unravel_index(

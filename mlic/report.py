@@ -25,18 +25,19 @@ import numpy as np
 import yaml
 
 from mlic.atomic import atomic_write
-from mlic.cooccurrence import confusions_table, cooccurrence_section
+from mlic.cooccurrence import confusions_table, cooccurrence_section, training_pairs
 from mlic.errors import ConfigError
-from mlic.run_folder import checkpoints_of, is_run_folder, read_metrics
 from mlic.figures import e as _e, figure as _figure, img as _img, missing as _missing
 from mlic.figures import pct as _pct, png as _png
 from mlic.gallery import CSS as GALLERY_CSS, explanations, gallery
 from mlic.label_curves import curves_figure, drawn_labels
 from mlic.predictions import load_predictions, predictions_file
+from mlic.run_folder import checkpoints_of, is_run_folder, read_metrics
 
 METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "mean_F1")
 PLOTS = ("training_curves", "per_class_ap", "ap_vs_positives", "thresholds", "label_curves",
          "cooccurrence")
+PAIRS_CACHE = "label_pairs.npz"  # the training labels' pair counts, computed once per table
 BARS, TABLE_ROWS = 20, 15  # labels shown at each end of the per-class chart / table
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -418,9 +419,25 @@ def _training_cooccurrence(f: _RunFiles, labels: list[str] | None) -> tuple[str,
         return _missing("No training split or label names in the run folder."), None
     if isinstance(spec, str) and classes:  # as training read it: with the run's label list
         spec = {"path": spec, "classes": classes}
+    path = Path(spec["path"] if isinstance(spec, dict) else spec)
+    state = path.stat()
+    key = np.asarray([str(path.resolve()), str(state.st_size), str(state.st_mtime_ns),
+                      str(len(labels))])
+    cache = f.run / PAIRS_CACHE  # reading a large table is most of the report's time: once
+    try:
+        with np.load(cache, allow_pickle=False) as saved:
+            if np.array_equal(saved["key"], key):
+                return cooccurrence_section(saved["keep"], saved["counts"], labels)
+    except (OSError, ValueError, KeyError):
+        pass
     from mlic.data.formats import load_table  # only here: the rest of the report reads no data
-    table = load_table(spec).with_labels(labels, "negative")
-    return cooccurrence_section(table.targets, labels)
+    keep, counts = training_pairs(load_table(spec).with_labels(labels, "negative").targets)
+
+    def write(temp: str) -> None:
+        with open(temp, "wb") as out:  # a file object: numpy would add .npz to a name
+            np.savez_compressed(out, key=key, keep=keep, counts=counts)
+    atomic_write(cache, write)
+    return cooccurrence_section(keep, counts, labels)
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import shutil
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +246,22 @@ def test_every_image_and_plot_renders_in_a_browser(tmp_path):
     report.write_text(report.read_text(encoding="utf-8").replace(
         "</body>", '<img alt="bad" src="data:image/png;base64,AAAA"></body>'), encoding="utf-8")
     assert rendered(run)["broken"] == ["bad"]
+
+
+def test_training_pair_counts_are_read_once_per_table(tmp_path, monkeypatch):
+    import mlic.data.formats
+    run = make_run(tmp_path / "run")
+    mlic.write_report(run)
+    assert (run / "label_pairs.npz").is_file()
+
+    def unreadable(spec):
+        raise OSError("read again")
+    monkeypatch.setattr(mlic.data.formats, "load_table", unreadable)
+    assert "images with both" in mlic.write_report(run).read_text(encoding="utf-8")  # the cache
+    with open(run / "data" / "train.csv", "a", encoding="utf-8") as f:
+        f.write("t99.png,label01\n")  # another table: counted again
+    page = mlic.write_report(run).read_text(encoding="utf-8")
+    assert "The training labels could not be read: read again" in page
 
 
 def test_missing_inputs_are_explained(tmp_path):
