@@ -58,6 +58,8 @@ def test_recipe_names_its_head_loss_and_optimizer(recipe):
     with open(recipe, encoding="utf-8") as f:
         raw = yaml.safe_load(f)  # the file itself, not merged with the defaults
     unset = [key for key in EXPLICIT if not is_set(raw, key)]
+    if raw["train"].get("grad_clip", 0) > 0 and not is_set(raw, "train.grad_clip_scope"):
+        unset.append("train.grad_clip_scope")  # how it clips is part of what it means
     assert not unset, f"{Path(recipe).name} leaves {', '.join(unset)} to the defaults"
 
 
