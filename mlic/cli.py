@@ -245,7 +245,8 @@ def _explain(args: argparse.Namespace) -> None:
     from mlic.report import write_report_or_warn
     labels = [n.strip() for n in args.labels.split(",") if n.strip()] if args.labels else None
     out = output_folder(args.run, args.out)
-    entries = explain(args.run, expand_image_paths(args.images), labels, out, method=args.method)
+    entries = explain(args.run, expand_image_paths(args.images), labels, out, method=args.method,
+                      tag=args.tag, device=args.device)
     print(f"written: {len(entries)} maps in {out} (listed in {out / 'index.json'})")
     if not args.out:  # the run's own explain/ folder: its report shows the maps
         write_report_or_warn(args.run)
@@ -418,10 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="images, folders or globs")
     p.add_argument("--labels", help="comma-separated label names (default: the labels the model "
                    "predicts for each image, or its most probable one)")
-    p.add_argument("--out", help="output folder (default: RUN/explain, shown in RUN/report.html)")
+    p.add_argument("--output", "-o", "--out", dest="out",
+                   help="output folder (default: RUN/explain, shown in RUN/report.html)")
     p.add_argument("--method", choices=["auto", "recipro_cam", "attention"], default="auto",
                    help="auto: attention for decoder heads (ml_decoder, query2label, ctran), "
                         "Recipro-CAM for the others")
+    p.add_argument("--tag", default="best", help="checkpoint of the run (best or last)")
+    p.add_argument("--device", default="auto")
     p.set_defaults(func=_explain)
     return parser
 

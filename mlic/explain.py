@@ -37,6 +37,7 @@ from torch import nn
 
 from mlic.data.images import load_rgb
 from mlic.data.transforms import eval_transform
+from mlic.engine.assembly import resolve_device
 from mlic.engine.checkpoint import load_model
 from mlic.errors import ConfigError, did_you_mean
 from mlic.thresholds import model_thresholds
@@ -76,8 +77,10 @@ class Explainer:
             "attention" if has_attention else "recipro_cam")
 
     @classmethod
-    def load(cls, run: str | Path, method: str = "auto", tag: str = "best") -> "Explainer":
+    def load(cls, run: str | Path, method: str = "auto", tag: str = "best",
+             device: str = "cpu") -> "Explainer":
         model, meta = load_model(run, tag)
+        model.to(resolve_device(device))
         tuned = model_thresholds(meta)  # else the single evaluation threshold
         thresholds = tuned if tuned is not None else float(meta.get("thresholds", 0.5))
         return cls(model, meta["label_names"], thresholds, method)
@@ -216,18 +219,18 @@ def output_folder(run: str | Path, out: str | Path | None) -> Path:
     if out is not None:
         return Path(out)
     if not Path(run).is_dir():
-        raise ConfigError(f"{run}: not a run folder; say where the maps go (--out)")
+        raise ConfigError(f"{run}: not a run folder; say where the maps go (--output)")
     return Path(run) / "explain"
 
 
 def explain(run: str | Path, images: Sequence[str | Path], labels: Iterable[str] | None = None,
             out: str | Path | None = None, method: str = "auto", tag: str = "best",
-            ) -> list[dict[str, Any]]:
+            device: str = "cpu") -> list[dict[str, Any]]:
     """Maps of the run's model for each image, saved as PNG overlays under ``out`` (default
     ``<run>/explain``): ``<nnnn>_<image>/<label index>_<label>.png``, with ``index.json`` listing
     image, label, probability, method and file. Returns the listing."""
     out = output_folder(run, out)
-    explainer = Explainer.load(run, method, tag)
+    explainer = Explainer.load(run, method, tag, device)
     out.mkdir(parents=True, exist_ok=True)
     labels = list(labels) if labels is not None else None
     index = {name: i for i, name in enumerate(explainer.label_names)}

@@ -107,13 +107,16 @@ def test_unknown_label_and_method_are_one_line_errors(trained_run, colour_datase
     assert "mlic explain: error: label 'nope'" in capsys.readouterr().err
     assert main(["explain", str(trained_run), str(image.parent / "missing.png")]) == 2
     assert "missing.png: no such file" in capsys.readouterr().err
+    checkpoint = trained_run / "checkpoints" / "best.json"  # not a run folder: say where maps go
+    assert main(["explain", str(checkpoint), str(image)]) == 2
+    assert "not a run folder; say where the maps go (--output)" in capsys.readouterr().err
 
 
 def test_cli_writes_overlays_and_an_index(trained_run, colour_dataset, tmp_path, capsys):
     images = colour_dataset["root"] / "test_images"
     out = tmp_path / "maps"
     assert main(["explain", str(trained_run), str(images / "img000.png"), str(images / "img001.png"),
-                 "--labels", "red,blue", "--out", str(out)]) == 0
+                 "--labels", "red,blue", "-o", str(out), "--tag", "last"]) == 0
     assert "written: 4 maps" in capsys.readouterr().out
     index = json.loads((out / "index.json").read_text())
     assert [(Path(e["image"]).name, e["label"]) for e in index] == [
