@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
+from mlic.data.images import load_rgb
+from mlic.errors import DataError
 from mlic.figures import e, img
 from mlic.predictions import Predictions
 
@@ -40,15 +41,13 @@ class Thumbnails:
 
     def __call__(self, path: str) -> str:
         if path not in self.cache:
-            try:
-                with Image.open(path) as image:
-                    image.draft("RGB", (THUMB, THUMB))  # JPEGs decode at reduced scale
-                    picture = image.convert("RGB")
+            try:  # JPEGs decode at reduced scale; too many pixels are refused from the header
+                picture = load_rgb(path, draft=THUMB)
                 picture.thumbnail((THUMB, THUMB))
                 buffer = io.BytesIO()
                 picture.save(buffer, format="JPEG", quality=80)
                 self.cache[path] = img(buffer.getvalue(), Path(path).name, "jpeg", paragraph=False)
-            except (OSError, ValueError, Image.DecompressionBombError):
+            except (DataError, OSError, ValueError):
                 self.cache[path] = f'<div class="noimg" title="not readable: {e(path)}"></div>'
         return self.cache[path]
 

@@ -247,7 +247,7 @@ def _curves(f: _RunFiles, plots: dict[str, bytes]) -> str:
 
 
 def _evaluation(f: _RunFiles) -> str:
-    head = "<h2>Evaluation of the selected weights</h2>"
+    head = "<h2>Every evaluation of the run</h2>"
     if not f.evals:
         return head + _missing("No eval_*.json: the run has no test or validation split, or was "
                                "not evaluated yet (mlic eval RUN).")
@@ -264,12 +264,21 @@ def _evaluation(f: _RunFiles) -> str:
                 continue
             values = "".join(f'<td class="n">{_pct(metrics.get(k))}</td>' for k in METRICS)
             source = f' title="data: {_e(r["source"])}"' if r.get("source") else ""
-            rows.append(f'<tr><td{source}>{_e(label)}</td><td class="n">'
-                        f'{_e(r.get("num_images", ""))}</td><td>{_e(at)}</td>{values}</tr>')
-    return (head + f"<table><tr><th>split (eval_&lt;split&gt;.json)</th><th>images</th>"
-            f"<th>threshold</th>{cells}</tr>{''.join(rows)}</table><p>Percentages. mAP does "
+            rows.append(f'<tr><td{source}>{_e(label)}</td><td>{_e(_model_of(r))}</td>'
+                        f'<td class="n">{_e(r.get("num_images", ""))}</td><td>{_e(at)}</td>'
+                        f'{values}</tr>')
+    return (head + f"<table><tr><th>evaluation (eval_&lt;name&gt;.json)</th><th>model</th>"
+            f"<th>images</th><th>threshold</th>{cells}</tr>{''.join(rows)}</table><p>One row "
+            f"per evaluation: the run's splits, other data (mlic eval --data), the known-label "
+            f"protocol, exported models (mlic eval MODEL.onnx / .xml). Percentages. mAP does "
             f"not depend on the threshold; mean F1 is the mean of the per-class F1 (CF1 is the "
             f"harmonic mean of CP and CR).</p>")
+
+
+def _model_of(report: dict[str, Any]) -> str:
+    """What an evaluation scored: an exported file by its name, else the run's weights."""
+    model = Path(str(report.get("model") or ""))
+    return model.name if model.suffix.lower() in (".onnx", ".xml") else "selected weights"
 
 
 def _per_class(f: _RunFiles, plots: dict[str, bytes]) -> str:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from conftest import make_colour_images, tiny_config, write_plain_csv
 from mlic.engine import distributed, train
 from mlic.errors import ConfigError
+from mlic.tracking import read_steps
 
 STOP_AFTER_FIRST_EPOCH = """
 import json, sys
@@ -92,6 +93,8 @@ def assert_same_weights(a: Path, b: Path, tag: str = "last", atol: float = 1e-3)
 def assert_same_metrics(single: Path, ddp: Path) -> None:
     rows_s, rows_d = metrics_rows(single), metrics_rows(ddp)
     assert len(rows_s) == len(rows_d) == 2  # rank 0 alone writes metrics.csv
+    steps_s, steps_d = ([r["step"] for r in read_steps(run)] for run in (single, ddp))
+    assert steps_d == steps_s and steps_s  # and steps.csv: each step once, none lost on resume
     for rs, rd in zip(rows_s, rows_d):
         for key in ("epoch", "steps", "skipped_steps", "selected"):
             assert rs[key] == rd[key], key

@@ -237,7 +237,7 @@ def test_every_image_and_plot_renders_in_a_browser(tmp_path):
     page = rendered(run)
     jpegs = (run / "report.html").read_text(encoding="utf-8").count("data:image/jpeg")
     assert page["images"] == 7 + jpegs and page["broken"] == [] and page["missing"] == 0
-    assert page["sections"] == ["Summary", "Training curves", "Evaluation of the selected weights",
+    assert page["sections"] == ["Summary", "Training curves", "Every evaluation of the run",
                                 f"Per-class AP on test ({len(NAMES) - 1} labels)",
                                 "Decision thresholds", "Precision-recall and F1 curves",
                                 "Gallery", "Labels that come together"]
@@ -263,6 +263,16 @@ def test_training_pair_counts_are_read_once_per_table(tmp_path, monkeypatch):
     page = mlic.write_report(run).read_text(encoding="utf-8")
     assert "The training labels could not be read: read again" in page
 
+
+def test_every_evaluation_is_a_row_side_by_side(tmp_path):
+    run = make_run(tmp_path / "run")
+    report = json.loads((run / "eval_test.json").read_text())
+    for name, model in (("test_model_int8", "export/model_int8.xml"), ("other<set>", str(run))):
+        write_json(run / f"eval_{name}.json", {**report, "split": name, "model": model})
+    page = mlic.write_report(run).read_text(encoding="utf-8")
+    assert ">test_model_int8</td><td>model_int8.xml</td>" in page
+    assert ">other&lt;set&gt;</td><td>selected weights</td>" in page
+    assert page.index(">test</td>") < page.index(">other&lt;set&gt;<")  # the run's splits first
 
 def test_missing_inputs_are_explained(tmp_path):
     run = make_run(tmp_path / "run")
