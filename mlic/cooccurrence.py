@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mlic.decisions import decide
 from mlic.figures import e, figure, plain_ticks, png
 
 MAX_LABELS = 2000  # a pair matrix of 2000 x 2000 float32 is 16 MB
@@ -75,9 +76,10 @@ def cooccurrence_section(keep: np.ndarray, counts: np.ndarray, labels: Sequence[
 
 
 def confusions_table(probabilities: np.ndarray, targets: np.ndarray, thresholds: np.ndarray,
-                     labels: Sequence[str]) -> str:
-    """The pairs (missed a, false b) most often on the same image."""
-    predicted = probabilities >= thresholds
+                     labels: Sequence[str], min_labels: int = 1) -> str:
+    """The pairs (missed a, false b) most often on the same image, under the model's decision
+    rule (``mlic.decisions``)."""
+    predicted = decide(probabilities, thresholds, min_labels)
     missed = ~predicted & (targets == 1)
     false = predicted & (targets == 0)
     keep = top_columns(missed.sum(axis=0) + false.sum(axis=0))

@@ -37,6 +37,7 @@ from torch import nn
 
 from mlic.data.images import load_rgb
 from mlic.data.transforms import eval_transform
+from mlic.decisions import decide
 from mlic.engine.assembly import resolve_device
 from mlic.engine.checkpoint import load_model
 from mlic.errors import ConfigError, did_you_mean
@@ -62,12 +63,12 @@ class Explainer:
     """Maps of a trained model: ``Explainer.load(run)(image, labels)`` -> ``LabelMap`` per label."""
 
     def __init__(self, model: nn.Module, label_names: Sequence[str],
-                 thresholds: float | np.ndarray = 0.5, method: str = "auto"):
+                 thresholds: float | np.ndarray = 0.5, method: str = "auto", min_labels: int = 1):
         if method not in METHODS:
             raise ConfigError(f"explain method {method!r}: choose one of {', '.join(METHODS)}")
         self.model = model.eval()
         self.label_names = list(label_names)
-        self.thresholds = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(label_names),))
+        self.thresholds, self.min_labels = thresholds, min_labels  # the model's decision rule
         self.transform = eval_transform(model.preprocessing)
         has_attention = _attention_layer(model.head) is not None
         if method == "attention" and not has_attention:
@@ -83,14 +84,14 @@ class Explainer:
         model.to(resolve_device(device))
         tuned = model_thresholds(meta)  # else the single evaluation threshold
         thresholds = tuned if tuned is not None else float(meta.get("thresholds", 0.5))
-        return cls(model, meta["label_names"], thresholds, method)
+        return cls(model, meta["label_names"], thresholds, method, meta.get("min_labels", 1))
 
     def label_indices(self, labels: Iterable[str] | None, probabilities: np.ndarray) -> list[int]:
-        """The labels asked for; by default those predicted (at the model's thresholds), or the
-        most probable one when none is."""
+        """The labels asked for; by default those the model predicts (its decision rule, as
+        ``mlic predict`` applies it), most probable first, or its most probable one if none."""
         if labels is None:
-            chosen = np.flatnonzero(probabilities >= self.thresholds)
-            chosen = chosen[np.argsort(-probabilities[chosen])]
+            chosen = np.flatnonzero(decide(probabilities[None], self.thresholds, self.min_labels)[0])
+            chosen = chosen[np.argsort(-probabilities[chosen], kind="stable")]
             return chosen.tolist() or [int(np.argmax(probabilities))]
         index = {name: i for i, name in enumerate(self.label_names)}
         out = []

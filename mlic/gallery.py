@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mlic.data.images import load_rgb
+from mlic.decisions import decide
 from mlic.errors import DataError
 from mlic.figures import e, img
 from mlic.predictions import Predictions
@@ -53,11 +54,12 @@ class Thumbnails:
 
 
 def gallery(found: Predictions, thresholds: np.ndarray, ap: dict[str, float | None],
-            chosen: Sequence[str] = ()) -> str:
-    """The gallery's HTML (several rows of cards); ``ap``: label -> AP, to find the weakest."""
+            chosen: Sequence[str] = (), min_labels: int = 1) -> str:
+    """The gallery's HTML (several rows of cards); ``ap``: label -> AP, to find the weakest;
+    ``thresholds`` and ``min_labels``: the model's decision rule (``mlic.decisions``)."""
     p, t = found.probabilities, found.targets
     known = t >= 0
-    predicted = p >= thresholds
+    predicted = decide(p, thresholds, min_labels)
     errors = (known & (predicted != (t == 1))).sum(axis=1)
     gap = np.where(known, np.abs(p - (t == 1)), 0).sum(axis=1)
     order = np.lexsort((gap, errors))  # fewest wrong decisions first, then the smallest gap
@@ -105,8 +107,8 @@ def gallery(found: Predictions, thresholds: np.ndarray, ap: dict[str, float | No
                f"scores, chosen at random; the gallery shows those)"
                if found.total > len(found.paths) else "")
     return (f"<p>Labels: <span class=\"ok\">correct</span>, <span class=\"miss\">not predicted"
-            f"</span>, <span class=\"false\">predicted</span> (with the probability; thresholds as "
-            f"the model decides){e(sampled)}.</p>" + "".join(parts))
+            f"</span>, <span class=\"false\">predicted</span> (with the probability; decided by the "
+            f"model's rule, as mlic predict decides){e(sampled)}.</p>" + "".join(parts))
 
 
 def explanations(folder: Path, limit: int = EXPLAINED) -> str:

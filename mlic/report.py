@@ -164,6 +164,11 @@ class _RunFiles:
         except (TypeError, ValueError):
             return np.full(labels, 0.5, dtype=np.float32)
 
+    def min_labels(self) -> int:
+        """The model's floor on labels per image (``mlic.decisions``; 1 when not stored)."""
+        value = self.meta.get("min_labels", 1)
+        return value if isinstance(value, int) and value >= 0 else 1
+
     def main_eval(self) -> tuple[str, dict[str, Any]] | None:
         """The first evaluation with per-class AP of all labels (test, else val; not ``_known``)."""
         return next(((name, r) for name, r in self.evals.items()
@@ -396,7 +401,8 @@ def _gallery(f: _RunFiles, chosen: Sequence[str]) -> str:
                                "written by training and mlic eval).") + shown
     ap = {r["label"]: r.get("AP") for r in main[1]["per_class"]}
     return (head + f"<p>Images of {_e(main[0])}.</p>"
-            + gallery(found, f.thresholds(len(found.labels)), ap, chosen) + shown)
+            + gallery(found, f.thresholds(len(found.labels)), ap, chosen, f.min_labels())
+            + shown)
 
 
 def _labels_together(f: _RunFiles, plots: dict[str, bytes]) -> str:
@@ -418,7 +424,8 @@ def _labels_together(f: _RunFiles, plots: dict[str, bytes]) -> str:
         parts.append(f"<h3>Confused by the model on {_e(main[0])}</h3><p>A true label missed "
                      f"while another was predicted without being there, on the same image.</p>"
                      + confusions_table(found.probabilities, found.targets,
-                                        f.thresholds(len(found.labels)), found.labels))
+                                        f.thresholds(len(found.labels)), found.labels,
+                                        f.min_labels()))
     return head + "".join(parts)
 
 
