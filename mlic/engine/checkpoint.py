@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import pickle
 import signal
 import threading
@@ -33,6 +34,7 @@ from safetensors.torch import save_file
 from mlic.atomic import atomic_write
 from mlic.errors import WeightsError
 from mlic.models import MultiLabelClassifier, model_from_config
+from mlic.models.weights import holds_pickled_objects
 from mlic.run_folder import resolve_checkpoint
 
 FORMAT_VERSION = 1
@@ -41,10 +43,22 @@ EMBEDDED = "mlic_metadata"  # the JSON's content, also in the .safetensors heade
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Valid JSON: a NaN or infinite number (a metric of a class without positives) is null,
+    not the bare ``NaN`` Python writes, which JSON readers refuse."""
     def write(temp: str) -> None:
         with open(temp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
+            json.dump(json_safe(data), f, indent=2, allow_nan=False)
     atomic_write(Path(path), write)
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def model_metadata(model: MultiLabelClassifier, label_names: list[str],
@@ -127,6 +141,9 @@ def load_training_state(directory: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if not holds_pickled_objects(e):
+            raise WeightsError(f"{path}: cannot read the training state (damaged, or not written "
+                               f"by mlic: {str(e).splitlines()[0]})") from None
         raise WeightsError(f"{path}: refused: it holds pickled Python objects, not only tensors and "
                            f"numbers, and loading it could run code; mlic never writes such files "
                            f"(detail: {str(e).splitlines()[0]})") from None

@@ -31,8 +31,12 @@ class NonFiniteGuard:
             self.in_a_row = 0
             return
         where = f"at epoch {epoch}, step {step}"
-        keep = (f"the last good checkpoint is kept in {self.checkpoints}; lower train.lr (or "
-                f"check the data and loss.params) and start again, or resume from it")
+        advice = "lower train.lr (or check the data and loss.params) and start again"
+        # The first epoch has no checkpoint to keep: say so rather than promise one.
+        keep = (f"the last good checkpoint is kept in {self.checkpoints}; {advice}, or resume "
+                f"from it" if (Path(self.checkpoints) / "last.state.pt").is_file() else
+                f"no epoch was completed, so no checkpoint was saved in {self.checkpoints}; "
+                f"{advice}")
         if not finite and not self.scaler_enabled:
             raise NonFiniteLoss(f"the loss became {loss} {where}: training stopped; {keep}")
         self.in_a_row += 1

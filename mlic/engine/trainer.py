@@ -328,7 +328,7 @@ def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Itera
     ``on_epoch_end``: see ``Trainer.fit``.
     Under torchrun (WORLD_SIZE > 1) this is one process of a DDP run (docs/distributed.md).
     """
-    restart = False
+    restart, run_dir = False, None  # run_dir: None until made, for the error below
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():

@@ -51,12 +51,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if not holds_pickled_objects(e):
+            raise WeightsError(f"{path}: not a readable PyTorch weights file (damaged, or not "
+                               f"written by torch.save: {str(e).splitlines()[0]})") from None
         raise WeightsError(
             f"{path}: refused: the file holds pickled Python objects, not just tensors, and could run "
             f"code when loaded. Re-save its state_dict (or convert to .safetensors). Detail: "
             f"{str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise WeightsError(f"{path}: not a readable PyTorch weights file ({e})") from None
+    except Exception as e:  # noqa: BLE001  truncated, garbage: torch raises many types
+        raise WeightsError(f"{path}: not a readable PyTorch weights file "
+                           f"({type(e).__name__}: {e})") from None
     for key in ("state_dict_ema", "state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -64,6 +68,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: expected a state dict of tensors")
     return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in obj.items()}
+
+
+def holds_pickled_objects(error: pickle.UnpicklingError) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused a Python object (a GLOBAL, which could run
+    code), rather than failing on a damaged file or a plain pickle it cannot parse."""
+    return "GLOBAL" in str(error)
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,

@@ -40,8 +40,10 @@ def read_class_list(classes: str | Path | Sequence[str]) -> list[str]:
         source = Path(classes).expanduser()
         names = [label_name(line.strip()) for line in read_text(source, "class list").splitlines()]
         names = [n for n in names if n]
-    else:
+    elif isinstance(classes, (list, tuple)):
         source, names = "classes option", [label_name(n) for n in classes]
+    else:
+        raise DataError(f"classes must be a list of names or a file of them, got {classes!r}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise DataError(f"class {repeated[0]!r} is listed twice", source)
