@@ -240,13 +240,17 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _explain(args: argparse.Namespace) -> None:
-    from mlic.explain import explain, output_folder
+    from mlic.explain import explain_examples, output_folder
     from mlic.inference import expand_image_paths
-    from mlic.report import write_report_or_warn
+    from mlic.report import teaching_examples, write_report_or_warn
     labels = [n.strip() for n in args.labels.split(",") if n.strip()] if args.labels else None
     out = output_folder(args.run, args.out)
-    entries = explain(args.run, expand_image_paths(args.images), labels, out, method=args.method,
-                      tag=args.tag, device=args.device)
+    if args.images:
+        examples = [(path, labels) for path in expand_image_paths(args.images)]
+    else:  # the report gallery's worst images and weak labels' errors, with their labels
+        examples = teaching_examples(args.run, labels or ())
+    entries = explain_examples(args.run, examples, out, method=args.method, tag=args.tag,
+                               device=args.device)
     print(f"written: {len(entries)} maps in {out} (listed in {out / 'index.json'})")
     if not args.out:  # the run's own explain/ folder: its report shows the maps
         write_report_or_warn(args.run)
@@ -416,9 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(Recipro-CAM, or the label query's attention for decoder heads), as PNG "
                        "overlays")
     p.add_argument("run", help="run folder or checkpoint")
-    p.add_argument("images", nargs="+", help="images, folders or globs")
+    p.add_argument("images", nargs="*", help="images, folders or globs (default: the images of "
+                   "the run report's gallery, each with the labels it got wrong)")
     p.add_argument("--labels", help="comma-separated label names (default: the labels the model "
-                   "predicts for each image, or its most probable one)")
+                   "predicts for each image, or its most probable one); with no images, labels "
+                   "whose errors to add")
     p.add_argument("--output", "-o", "--out", dest="out",
                    help="output folder (default: RUN/explain, shown in RUN/report.html)")
     p.add_argument("--method", choices=["auto", "recipro_cam", "attention"], default="auto",

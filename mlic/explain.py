@@ -19,7 +19,8 @@ computed on the backbone's feature map (the model's input size over the backbone
   tokens attend to image and label tokens alike; the map is the image tokens' part.
 
 ``explain(run, images)`` writes one PNG overlay per image and label, and ``index.json`` listing
-them, which the run's report shows; ``Explainer`` gives the maps as arrays.
+them, which the run's report shows; ``explain_examples`` takes the labels per image (``mlic explain
+RUN`` without images maps the report gallery's lessons); ``Explainer`` gives the maps as arrays.
 """
 from __future__ import annotations
 
@@ -227,16 +228,25 @@ def output_folder(run: str | Path, out: str | Path | None) -> Path:
 def explain(run: str | Path, images: Sequence[str | Path], labels: Iterable[str] | None = None,
             out: str | Path | None = None, method: str = "auto", tag: str = "best",
             device: str = "cpu") -> list[dict[str, Any]]:
-    """Maps of the run's model for each image, saved as PNG overlays under ``out`` (default
-    ``<run>/explain``): ``<nnnn>_<image>/<label index>_<label>.png``, with ``index.json`` listing
-    image, label, probability, method and file. Returns the listing."""
+    """Maps of the run's model for each image (of ``labels``, by default those it predicts), saved
+    as PNG overlays under ``out`` (default ``<run>/explain``): ``<nnnn>_<image>/<label index>_
+    <label>.png``, with ``index.json`` listing image, label, probability, method and file.
+    Returns the listing."""
+    labels = list(labels) if labels is not None else None
+    return explain_examples(run, [(path, labels) for path in images], out, method, tag, device)
+
+
+def explain_examples(run: str | Path, examples: Sequence[tuple[str | Path, Sequence[str] | None]],
+                     out: str | Path | None = None, method: str = "auto", tag: str = "best",
+                     device: str = "cpu") -> list[dict[str, Any]]:
+    """``explain`` with the labels chosen per image: (image, labels or None) pairs, such as the
+    report gallery's lessons (``mlic.report.teaching_examples``)."""
     out = output_folder(run, out)
     explainer = Explainer.load(run, method, tag, device)
     out.mkdir(parents=True, exist_ok=True)
-    labels = list(labels) if labels is not None else None
     index = {name: i for i, name in enumerate(explainer.label_names)}
     entries = []
-    for n, path in enumerate(images):
+    for n, (path, labels) in enumerate(examples):
         picture = load_rgb(path)
         folder = out / f"{n:04d}_{file_name(Path(path).stem)}"
         folder.mkdir(exist_ok=True)

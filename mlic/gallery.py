@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,13 +26,14 @@ from mlic.predictions import Predictions
 WORST, BEST, LABELS, PER_LABEL = 8, 4, 6, 3
 THUMB = 112          # pixels, the longer side
 LISTED = 6           # labels written under a thumbnail (errors first)
-EXPLAINED = 24       # explanation overlays shown at most
+EXPLAINED = 24       # explanation overlays shown apart from the gallery's cards, at most
+CARD_MAPS = 2        # explanation overlays on one card, at most
 
 CSS = """.gallery{display:flex;flex-wrap:wrap;gap:8px;margin:.5em 0}.card{width:150px;font-size:11px;
 border:1px solid #ddd;padding:4px;overflow-wrap:anywhere}.card img{display:block;margin:0 auto 3px;
 max-width:140px;max-height:112px}.ok{color:#1a7f37}.miss{color:#b35900}.miss::before{content:"missed "}
 .false{color:#c62828}.false::before{content:"false "}.noimg{width:112px;height:84px;background:#ccc;
-margin:0 auto 3px}"""
+margin:0 auto 3px}.map{margin-top:4px;color:#555}"""
 
 
 class Thumbnails:
@@ -53,17 +55,49 @@ class Thumbnails:
         return self.cache[path]
 
 
-def gallery(found: Predictions, thresholds: np.ndarray, ap: dict[str, float | None],
-            chosen: Sequence[str] = (), min_labels: int = 1) -> str:
-    """The gallery's HTML (several rows of cards); ``ap``: label -> AP, to find the weakest;
-    ``thresholds`` and ``min_labels``: the model's decision rule (``mlic.decisions``)."""
+@dataclass
+class Choice:
+    """The images the gallery shows, as indices into the predictions."""
+
+    predicted: np.ndarray                     # (N, C) the model's decisions
+    worst: np.ndarray
+    best: np.ndarray
+    per_label: list[tuple[str, int, np.ndarray, np.ndarray]]  # name, index, false, missed
+
+
+def choose(found: Predictions, thresholds: np.ndarray, ap: dict[str, float | None],
+           chosen: Sequence[str] = (), min_labels: int = 1) -> Choice:
+    """``ap``: label -> AP, to find the weakest; ``thresholds`` and ``min_labels``: the model's
+    decision rule (``mlic.decisions``)."""
     p, t = found.probabilities, found.targets
     known = t >= 0
     predicted = decide(p, thresholds, min_labels)
     errors = (known & (predicted != (t == 1))).sum(axis=1)
     gap = np.where(known, np.abs(p - (t == 1)), 0).sum(axis=1)
     order = np.lexsort((gap, errors))  # fewest wrong decisions first, then the smallest gap
+    index = {name: c for c, name in enumerate(found.labels)}
+    scored = sorted((a, name) for name, a in ap.items() if a is not None and name in index)
+    focus = list(dict.fromkeys([n for n in chosen if n in index] +
+                               [name for _, name in scored[:LABELS]]))[:LABELS + len(chosen)]
+    per_label = []
+    for name in focus:
+        c = index[name]
+        false = np.flatnonzero(predicted[:, c] & (t[:, c] == 0))
+        missed = np.flatnonzero(~predicted[:, c] & (t[:, c] == 1))
+        per_label.append((name, c, false[np.argsort(-p[false, c], kind="stable")][:PER_LABEL],
+                          missed[np.argsort(p[missed, c], kind="stable")][:PER_LABEL]))
+    return Choice(predicted, order[::-1][:WORST], order[:BEST], per_label)
+
+
+def gallery(found: Predictions, choice: Choice, ap: dict[str, float | None],
+            maps: list[dict[str, Any]] = (), shown: set[tuple[str, str]] | None = None) -> str:
+    """The gallery's HTML: rows of cards for the images ``choose`` picked; a card shows the maps
+    of its labels among ``maps`` (``explained``), at most ``CARD_MAPS``, and adds them to
+    ``shown``."""
+    p, t, predicted = found.probabilities, found.targets, choice.predicted
     thumbs = Thumbnails()
+    by_key = {(str(x.get("image")), str(x.get("label"))): x for x in maps}
+    shown = set() if shown is None else shown
 
     def card(n: int, focus: int | None = None) -> str:
         marks = []
@@ -76,8 +110,15 @@ def gallery(found: Predictions, thresholds: np.ndarray, ap: dict[str, float | No
                  for *_, kind, c in marks[:LISTED]]
         if len(marks) > LISTED:
             items.append(f"{len(marks) - LISTED} more")
+        overlays = []
+        for *_, kind, c in marks:
+            key = (found.paths[n], found.labels[c])
+            if key in by_key and len(overlays) < CARD_MAPS:
+                shown.add(key)
+                overlays.append(f'<div class="map">{thumbs(str(by_key[key]["path"]))}'
+                                f'map: {e(found.labels[c])}</div>')
         return (f'<div class="card" title="{e(found.paths[n])}">{thumbs(found.paths[n])}'
-                f'{"<br>".join(items) or "no label"}</div>')
+                f'{"<br>".join(items) or "no label"}{"".join(overlays)}</div>')
 
     def row(title: str, images: Sequence[int], focus: int | None = None) -> str:
         if not len(images):
@@ -85,20 +126,10 @@ def gallery(found: Predictions, thresholds: np.ndarray, ap: dict[str, float | No
         return (f"<h3>{e(title)}</h3><div class=\"gallery\">"
                 + "".join(card(int(n), focus) for n in images) + "</div>")
 
-    index = {name: c for c, name in enumerate(found.labels)}
-    scored = sorted((a, name) for name, a in ap.items() if a is not None and name in index)
-    focus = list(dict.fromkeys([n for n in chosen if n in index] +
-                               [name for _, name in scored[:LABELS]]))[:LABELS + len(chosen)]
     parts = [row(f"The {WORST} worst images (most wrong labels, then the largest gap between "
-                 f"probabilities and truth)",
-                 order[::-1][:WORST]),
-             row(f"The {BEST} best images", order[:BEST])]
-    for name in focus:
-        c = index[name]
-        false = np.flatnonzero(predicted[:, c] & (t[:, c] == 0))
-        false = false[np.argsort(-p[false, c], kind="stable")][:PER_LABEL]
-        missed = np.flatnonzero(~predicted[:, c] & (t[:, c] == 1))
-        missed = missed[np.argsort(p[missed, c], kind="stable")][:PER_LABEL]
+                 f"probabilities and truth)", choice.worst),
+             row(f"The {BEST} best images", choice.best)]
+    for name, c, false, missed in choice.per_label:
         what = f"AP {100 * ap[name]:.2f}" if ap.get(name) is not None else "no AP here"
         parts.append(row(f"{name} ({what}): most confident false positives, then missed positives",
                          np.concatenate([false, missed]), c)
@@ -111,28 +142,53 @@ def gallery(found: Predictions, thresholds: np.ndarray, ap: dict[str, float | No
             f"model's rule, as mlic predict decides){e(sampled)}.</p>" + "".join(parts))
 
 
-def explanations(folder: Path, limit: int = EXPLAINED) -> str:
-    """The overlays ``mlic explain`` wrote into ``folder`` (its index.json), as cards; "" if none."""
+def examples(found: Predictions, choice: Choice, wrong: int = 3) -> list[tuple[str, list[str]]]:
+    """What to explain so the gallery's lesson shows: each worst image with its (up to ``wrong``)
+    wrong labels, each weak label's errors with that label; (image path, label names)."""
+    p, t = found.probabilities, found.targets
+    pairs: dict[str, list[str]] = {}
+    for n in choice.worst:
+        bad = np.flatnonzero((t[n] >= 0) & (choice.predicted[n] != (t[n] == 1)))
+        bad = bad[np.argsort(-np.abs(p[n, bad] - (t[n, bad] == 1)), kind="stable")][:wrong]
+        pairs.setdefault(found.paths[n], []).extend(found.labels[c] for c in bad)
+    for name, _, false, missed in choice.per_label:
+        for n in np.concatenate([false, missed]):
+            pairs.setdefault(found.paths[int(n)], []).append(name)
+    return [(path, list(dict.fromkeys(names))) for path, names in pairs.items() if names]
+
+
+def explained(folder: Path) -> tuple[list[dict[str, Any]], str]:
+    """The maps ``mlic explain`` listed in ``folder``/index.json whose files lie in ``folder``
+    (a listed file elsewhere is not read), each with ``path`` set; and a note if unreadable."""
     index = folder / "index.json"
     if not index.is_file():
-        return ""
+        return [], ""
     try:
         entries = json.loads(index.read_text(encoding="utf-8"))
-        entries = [x for x in entries if isinstance(x, dict) and "file" in x][:limit]
     except (OSError, ValueError):
-        return f'<p class="missing">{e(index)} could not be read.</p>'
+        return [], f'<p class="missing">{e(index)} could not be read.</p>'
+    found = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and "file" in entry:
+            path = (folder / str(entry["file"])).resolve()
+            if folder.resolve() in path.parents and path.is_file():
+                found.append({**entry, "path": path})
+    return found, ""
+
+
+def explanations(entries: list[dict[str, Any]], shown: set[tuple[str, str]],
+                 limit: int = EXPLAINED) -> str:
+    """Cards of the maps not already shown with a gallery image (at most ``limit``)."""
+    rest = [x for x in entries if (str(x.get("image")), str(x.get("label"))) not in shown][:limit]
+    if not rest:
+        return ""
     thumbs = Thumbnails()
-    cards = []
-    for entry in entries:
-        path = (folder / str(entry["file"])).resolve()
-        if folder.resolve() not in path.parents:  # a listed file outside the folder is not read
-            continue
-        cards.append(f'<div class="card" title="{e(entry.get("image", ""))}">{thumbs(str(path))}'
-                     f'{e(Path(str(entry.get("image", ""))).name)}<br><b>{e(entry.get("label"))}</b>'
-                     f' {e(entry.get("probability", ""))} ({e(entry.get("method", ""))})</div>')
-    more = f" (the first {limit})" if len(cards) == limit else ""
-    return (f"<h3>Explanation maps{e(more)}</h3><p>Where each label comes from (red: strongest), "
-            f"from <code>mlic explain</code> ({e(folder.name)}/index.json).</p>"
+    cards = [f'<div class="card" title="{e(x.get("image", ""))}">{thumbs(str(x["path"]))}'
+             f'{e(Path(str(x.get("image", ""))).name)}<br><b>{e(x.get("label"))}</b>'
+             f' {e(x.get("probability", ""))} ({e(x.get("method", ""))})</div>' for x in rest]
+    more = f" (the first {limit})" if len(rest) == limit else ""
+    return (f"<h3>Other explanation maps{e(more)}</h3><p>Where each label comes from (red: "
+            f"strongest), from <code>mlic explain</code> (explain/index.json).</p>"
             f'<div class="gallery">{"".join(cards)}</div>')
 
 

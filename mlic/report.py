@@ -29,7 +29,8 @@ from mlic.cooccurrence import confusions_table, cooccurrence_section, training_p
 from mlic.errors import ConfigError
 from mlic.figures import e as _e, figure as _figure, img as _img, missing as _missing
 from mlic.figures import pct as _pct, png as _png
-from mlic.gallery import CSS as GALLERY_CSS, explanations, gallery
+from mlic.gallery import (CSS as GALLERY_CSS, choose, examples, explained, explanations,
+                          gallery)
 from mlic.label_curves import curves_figure, drawn_labels
 from mlic.predictions import load_predictions, predictions_file
 from mlic.run_folder import checkpoints_of, is_run_folder, read_metrics
@@ -366,7 +367,10 @@ def _thresholds(f: _RunFiles, plots: dict[str, bytes]) -> str:
         if on.get("at_0.5") and on.get("tuned"):
             text += "; there: " + ", ".join(
                 f"{k.replace('_', ' ')} {_pct(on['at_0.5'].get(k))} at 0.5, "
-                f"{_pct(on['tuned'].get(k))} tuned" for k in on["tuned"])
+                f"{_pct(on['tuned'].get(k))} tuned" for k in ("CF1", "OF1", "mean_F1")
+                if k in on["tuned"])
+        if f.tuning.get("rule"):  # the decision rule predict follows (mlic.decisions)
+            text += f"; rule: {_e(f.tuning['rule'])}"
         text += " (thresholds.json)."
     return head + text + "</p>" + _img(plots["thresholds"], "threshold histogram")
 
@@ -395,14 +399,33 @@ def _gallery(f: _RunFiles, chosen: Sequence[str]) -> str:
     head = "<h2>Gallery</h2>"
     main = f.main_eval()
     found = main and f.predictions(main[0], len(main[1]["per_class"]))
-    shown = explanations(f.run / "explain")
+    maps, note = explained(f.run / "explain")  # `mlic explain RUN` maps the gallery's lessons
+    shown: set[tuple[str, str]] = set()
     if not found:
         return head + _missing("No saved scores of an evaluation (predictions_<split>.npz, "
-                               "written by training and mlic eval).") + shown
+                               "written by training and mlic eval).") + note + explanations(
+                                   maps, shown)
     ap = {r["label"]: r.get("AP") for r in main[1]["per_class"]}
-    return (head + f"<p>Images of {_e(main[0])}.</p>"
-            + gallery(found, f.thresholds(len(found.labels)), ap, chosen, f.min_labels())
-            + shown)
+    choice = choose(found, f.thresholds(len(found.labels)), ap, chosen, f.min_labels())
+    cards = gallery(found, choice, ap, maps, shown)
+    tip = "" if maps else ("<p><code>mlic explain RUN</code> adds to these images the maps of the "
+                           "labels they got wrong.</p>")
+    return (head + f"<p>Images of {_e(main[0])}.</p>{tip}" + cards + note
+            + explanations(maps, shown))
+
+
+def teaching_examples(run_dir: str | Path, labels: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+    """The gallery's images, each with the labels that show its lesson (``gallery.examples``):
+    what ``mlic explain RUN`` maps when no image is given."""
+    f = _RunFiles(Path(run_dir))
+    main = f.main_eval()
+    found = main and f.predictions(main[0], len(main[1]["per_class"]))
+    if not found:
+        raise ConfigError(f"{run_dir}: no saved scores of an evaluation (predictions_<split>.npz); "
+                          f"run `mlic eval {run_dir}` first, or name the images")
+    ap = {r["label"]: r.get("AP") for r in main[1]["per_class"]}
+    return examples(found, choose(found, f.thresholds(len(found.labels)), ap, labels,
+                                  f.min_labels()))
 
 
 def _labels_together(f: _RunFiles, plots: dict[str, bytes]) -> str:

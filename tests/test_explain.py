@@ -20,6 +20,7 @@ from mlic.cli import main
 from mlic.errors import ConfigError
 from mlic.explain import Explainer, explain, file_name
 from mlic.models import create_model
+from mlic.report import teaching_examples
 from tests.conftest import COLOURS, TINY_BACKBONE, tiny_config
 
 NAMES = list(COLOURS)
@@ -139,4 +140,22 @@ def test_explain_into_the_run_folder_shows_in_its_report(trained_run, colour_dat
     explain(run, [colour_dataset["root"] / "test_images" / "img002.png"], ["green"])
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
-    assert "Explanation maps" in page and "img002.png" in page
+    assert "img002.png" in page  # on its gallery card, or apart if the gallery lacks it
+    assert ("map: green" in page) != ("Other explanation maps" in page)
+
+
+def test_explain_without_images_maps_the_gallery_lessons(trained_run, tmp_path, capsys):
+    import shutil
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    lessons = teaching_examples(run)
+    assert lessons and all(Path(path).is_file() and labels for path, labels in lessons)
+    assert main(["explain", str(run)]) == 0
+    index = json.loads((run / "explain" / "index.json").read_text())
+    assert {(Path(e["image"]).name, e["label"]) for e in index} == {
+        (Path(path).name, label) for path, labels in lessons for label in labels}
+    page = (run / "report.html").read_text()
+    assert 0 < page.count('class="map"') <= 2 * page.count('class="card"')
+    (run / "predictions_test.npz").unlink()
+    (run / "predictions_val.npz").unlink()
+    assert main(["explain", str(run)]) == 2
+    assert "no saved scores of an evaluation" in capsys.readouterr().err
