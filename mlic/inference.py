@@ -45,7 +45,7 @@ def expand_image_paths(items: Iterable[str | Path]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             out += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif path.is_file():
+        elif path.exists():  # a file; or a named pipe or device, which load_rgb refuses by name
             out.append(path)
         elif any(ch in str(item) for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))

@@ -261,6 +261,13 @@ def test_predict_skips_unreadable_images_and_lists_them(hostile_run, tmp_path, c
     assert [r["image"] for r in json.loads(out.read_text())] == list(map(str, images))
 
 
+def test_predict_names_a_fifo_instead_of_not_finding_it(hostile_run, tmp_path, capsys) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    cli_error(capsys, ["predict", hostile_run["run"], fifo],
+              f"{fifo}: a named pipe (FIFO), not a regular image file; refused without reading it")
+
+
 def test_predict_checks_its_output_before_scoring(hostile_run, tmp_path, capsys,
                                                   monkeypatch) -> None:
     def no_scoring(*args, **kwargs):
