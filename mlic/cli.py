@@ -33,15 +33,47 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from mlic.engine.evaluate import format_report
     from mlic.evaluation import evaluate
+    output = writable_output(args.output)
     data = split_spec(args.data, args.format, args.option) if args.data else None
     thresholds = args.threshold if args.threshold is not None else 0.5
     report = evaluate(args.run, data, split=args.split, thresholds=thresholds,
                       empty_classes=args.empty_classes, batch_size=args.batch_size,
-                      device=args.device, num_workers=args.num_workers,
-                      progress=not args.no_progress, known_fraction=args.known_fraction)
-    print(format_report(report, per_class=args.per_class))
-    if Path(args.run).is_dir():
-        print(f"written: {Path(args.run) / ('eval_' + report['split'] + '.json')}")
+                      device=args.device, num_workers=args.num_workers, tag=args.tag,
+                      progress=not args.no_progress, known_fraction=args.known_fraction,
+                      name=args.name, allow_label_subset=args.allow_label_subset,
+                      backend=args.backend)
+    labels = report["labels"]
+    if labels["not_in_model"] or labels["not_in_data"]:
+        print(_label_note(labels), file=sys.stderr)
+    text = json.dumps(report, indent=2) if args.json else format_report(report,
+                                                                       per_class=args.per_class)
+    if not args.json:
+        d = report["decisions"]
+        text += (f"\nthe model's decisions ({d['rule']}, as predict makes them): "
+                 f"{d['labels_per_image']:.2f} labels per image (true {d['true_labels_per_image']:.2f}), "
+                 f"CF1 {100 * d['CF1']:.2f}  OF1 {100 * d['OF1']:.2f}, "
+                 f"{100 * d['empty_images']:.1f}% of images without a label")
+    print(text)
+    if output is not None:
+        output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for path in filter(None, (report.get("written"), output)):
+        print(f"written: {path}", file=sys.stderr if args.json else sys.stdout)
+
+
+def _label_note(labels: dict) -> str:
+    """What the label alignment found, in one line for standard error."""
+    text = (f"mlic eval: {labels['matched']} of the data's {labels['data_labels']} label names "
+            f"are among the model's {labels['model_labels']}")
+    if labels["not_in_model"]:
+        names = labels["not_in_model"]
+        near = labels["near_matches"]
+        text += "; not scored: " + ", ".join(
+            f"{n!r}" + (f" (-> {near[n]})" if n in near else "") for n in names[:5]) + \
+            (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    if labels["not_in_data"]:
+        text += (f"; {len(labels['not_in_data'])} of the model's labels do not occur in the data "
+                 f"(negative for every image, left out of mAP)")
+    return text
 
 
 def parse_known(items: list[str] | None) -> dict[str, str] | None:
@@ -102,16 +134,19 @@ def _predict(args: argparse.Namespace) -> None:
     from mlic.inference import ImageSkipped, KnownLabelsIgnored, Predictor, expand_image_paths
     output = writable_output(args.output)
     images = expand_image_paths(args.images)
-    predictor = Predictor.load(args.run, backend=args.backend, device=args.device,
+    predictor = Predictor.load(args.run, backend=args.backend, device=args.device, tag=args.tag,
                                precision=None if args.precision == "default" else args.precision)
     predictor.max_pixels = args.max_image_pixels
     if args.threshold is not None:
         predictor.thresholds[:] = args.threshold
+    if args.min_labels is not None:
+        predictor.min_labels = args.min_labels
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", KnownLabelsIgnored)
         warnings.simplefilter("always", ImageSkipped)
         results = predictor.predict(images, batch_size=args.batch_size,
-                                    known=parse_known(args.known), on_bad=args.on_bad_image)
+                                    known=parse_known(args.known), on_bad=args.on_bad_image,
+                                    progress=not args.no_progress and sys.stderr.isatty())
     skipped = [str(w.message) for w in caught if issubclass(w.category, ImageSkipped)]
     for warning in caught:
         if not issubclass(warning.category, ImageSkipped):
@@ -164,11 +199,12 @@ def _bench(args: argparse.Namespace) -> None:
     from mlic.export.bench import bench_model, format_results
     results = bench_model(args.model, args.backend, batch_size=args.batch_size, warmup=args.warmup,
                           repeats=args.repeats, threads=args.threads, tag=args.tag)
-    print(format_results(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n",
-                                   encoding="utf-8")
-        print(f"written: {args.json}")
+    text = json.dumps([r.as_dict() for r in results], indent=2) + "\n"
+    print(text, end="") if args.json == "-" else print(format_results(results))
+    output = args.output or (args.json if args.json not in (None, "-") else None)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"written: {output}", file=sys.stderr)
 
 
 def _data_stats(args: argparse.Namespace) -> None:
@@ -187,17 +223,28 @@ def _data_emoji(args: argparse.Namespace) -> None:
 
 def _tune_thresholds(args: argparse.Namespace) -> None:
     from mlic.thresholds import tune_run_thresholds
-    data = {"path": args.data} if args.data else None
+    data = split_spec(args.data, args.format, args.option) if args.data else None
     summary = tune_run_thresholds(args.run, split=args.split, data=data,
                                   batch_size=args.batch_size, device=args.device,
-                                  num_workers=args.num_workers, progress=not args.no_progress)
-    before, after = summary["on_tuning_split"]["at_0.5"], summary["on_tuning_split"]["tuned"]
+                                  num_workers=args.num_workers, progress=not args.no_progress,
+                                  min_labels=args.min_labels, min_positives=args.min_positives)
     print(f"tuned {len(summary['thresholds'])} thresholds on {summary['num_images']} images of "
-          f"{summary['split']} (clean pass, no augmentation)")
-    for key in ("CF1", "OF1", "mean_F1"):
-        print(f"  {key:<8} at 0.5 {100 * before[key]:6.2f}   tuned {100 * after[key]:6.2f}")
+          f"{summary['split']} (clean pass, no augmentation); rule: {summary['rule']}")
+    if summary["fallback_labels"]:
+        print(f"  {len(summary['fallback_labels'])} labels with fewer than "
+              f"{summary['min_positives']} positives there take the global threshold "
+              f"{summary['global_threshold']:.3f}")
+    if summary["on_training_images"]:
+        print("  warning: tuned on the images the model was trained on; expect fewer labels, and "
+              "more images with none, on new images", file=sys.stderr)
+    names = {"at_0.5": "0.5", "global": f"global {summary['global_threshold']:.3f}",
+             "tuned": "tuned (the model's rule now)"}
+    print(f"  {'rule':<30} {'labels/image':>12} {'CF1':>6} {'OF1':>6} {'no label':>9}")
+    for key, m in summary["on_tuning_split"].items():
+        print(f"  {names[key]:<30} {m['labels_per_image']:12.2f} {100 * m['CF1']:6.2f} "
+              f"{100 * m['OF1']:6.2f} {100 * m['empty_images']:8.1f}%")
     print(f"written: {Path(args.run) / 'thresholds.json'} and the model's best.json "
-          f"(used by predict, reported by eval)")
+          f"(used by predict and export, reported by eval)")
 
 
 def _flops(args: argparse.Namespace) -> None:
@@ -257,7 +304,9 @@ def _explain(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mlic.version import __version__
     parser = argparse.ArgumentParser(prog="mlic", description="Multi-label image classification.")
+    parser.add_argument("--version", action="version", version=f"mlic {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config and key=value overrides")
@@ -267,12 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("eval", help="mAP, CP/CR/CF1, OP/OR/OF1 and per-class AP of a trained model")
-    p.add_argument("run", help="run folder or checkpoint")
+    p = sub.add_parser("eval", help="mAP, CP/CR/CF1, OP/OR/OF1 and per-class AP of a trained or "
+                       "exported model")
+    p.add_argument("run", help="run folder, checkpoint, or exported .onnx / .xml (FP32 or INT8)")
     p.add_argument("--data", help="annotations to evaluate on (default: the run's test split)")
     p.add_argument("--format", help="annotation format of --data (default: detected)")
     p.add_argument("--option", action="append", help="format option key=value, e.g. split=test")
-    p.add_argument("--split", help="which split of the run's config (test or val)")
+    p.add_argument("--split", help="which of the run's own splits (test or val; default test, "
+                   "else val)")
+    p.add_argument("--name", help="name of an evaluation of --data: RUN/eval_NAME.json (default: "
+                   "the data file's name; never overwrites another data's evaluation)")
+    p.add_argument("--allow-label-subset", action="store_true", help="score the labels the data "
+                   "and the model share even when fewer than half of the data's match")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"],
+                   help="default: torch for runs, onnxruntime for .onnx, openvino for .xml")
+    p.add_argument("--tag", default="best", help="checkpoint of the run (best or last)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--output", "-o", help="also write the report (JSON) to this file")
     p.add_argument("--threshold", type=float, help="threshold of the main columns (default 0.5); "
                    "tuned per-class thresholds, if the model has them, are reported beside")
     p.add_argument("--empty-classes", choices=["skip", "zero"], default="skip",
@@ -300,14 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "label states (ctran), ignored with a warning by the others")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--output", "-o", help="file to write (default: standard output)")
-    p.add_argument("--threshold", type=float, help="override the model's thresholds")
+    p.add_argument("--threshold", type=float, help="one threshold for every label instead of "
+                   "the model's (its tuned ones, else 0.5)")
+    p.add_argument("--min-labels", type=int, help="labels every image gets at least, its "
+                   "best-scoring ones (default: the model's, 1); 0: an image may get none")
     p.add_argument("--top", type=int, default=10, help="scores to list per image in JSON (0: all)")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
                    help="an image that cannot be read: stop (default), or leave it out and list it")
     p.add_argument("--max-image-pixels", type=int, default=128_000_000,
                    help="larger images are refused from their header (decompression bombs)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="torch: auto (a GPU if there is one), cpu, "
+                   "cuda, ...")
+    p.add_argument("--tag", default="best", help="checkpoint of the run (best or last)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="ONNX or OpenVINO IR (FP32, or INT8 with NNCF) with the label "
@@ -316,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
     p.add_argument("--int8", action="store_true", help="NNCF post-training quantization, "
                    "calibrated on a subset of the run's training images")
-    p.add_argument("--out", help="folder (default RUN/export) or file name (.onnx / .xml)")
+    p.add_argument("--output", "-o", "--out", dest="out",
+                   help="folder (default RUN/export) or file name (.onnx / .xml)")
     p.add_argument("--no-logits", action="store_true", help="output probabilities only")
     p.add_argument("--tag", default="best", help="checkpoint of the run (best or last)")
     p.add_argument("--calibration-data", help="annotations of the calibration images "
@@ -343,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=30, help="timed batch-1 calls")
     p.add_argument("--threads", type=int, help="threads per backend (default: each one's own)")
     p.add_argument("--tag", default="best")
-    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="print the results as "
+                   "JSON (with FILE: write them there, as --output)")
+    p.add_argument("--output", "-o", help="also write the results (JSON) to this file")
     p.set_defaults(func=_bench)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command",
@@ -355,16 +424,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20)
     p.set_defaults(func=_data_stats)
     p = data.add_parser("emoji", help="build the emoji benchmark from pinned npm packages")
-    p.add_argument("--out", default="data/emoji")
+    p.add_argument("--output", "-o", "--out", dest="out", default="data/emoji",
+                   help="folder of the benchmark (default data/emoji)")
     p.add_argument("--min-emoji", type=int, default=10, help="keep a tag carried by >= this many emoji")
     p.add_argument("--packages", help="folder of pre-fetched npm tarballs (default: npm pack)")
     p.set_defaults(func=_data_emoji)
 
-    p = sub.add_parser("tune-thresholds", help="per-class F1-optimal thresholds, stored with the model")
+    p = sub.add_parser("tune-thresholds", help="the model's decision rule: per-class F1-optimal "
+                       "thresholds from held-out images, stored with the model")
     p.add_argument("run", help="run folder")
-    p.add_argument("--split", default="train", help="split of the run's config to tune on "
-                   "(train, as the paper, or val)")
+    p.add_argument("--split", help="split of the run's config to tune on (default: val; train "
+                   "fits the images the model memorised)")
     p.add_argument("--data", help="annotations to tune on instead of a split of the run")
+    p.add_argument("--format", help="annotation format of --data (default: detected)")
+    p.add_argument("--option", action="append", help="format option key=value, e.g. split=val")
+    p.add_argument("--min-labels", type=int, default=1, help="labels every image gets at least "
+                   "(its best-scoring ones); 0: an image may get none (default 1)")
+    p.add_argument("--min-positives", type=int, default=5, help="labels with fewer positives in "
+                   "the tuning data take the one global threshold (default 5)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)
@@ -380,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_flops)
 
     p = sub.add_parser("demo", help="build the emoji benchmark, train, evaluate and predict")
-    p.add_argument("--out", default="demo", help="folder for the data and the run")
+    p.add_argument("--output", "-o", "--out", dest="out", default="demo",
+                   help="folder for the data and the run (default demo)")
     p.add_argument("--epochs", type=int, default=None, help="default: the demo recipe's")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
@@ -390,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lr_finder.steps=200")
     p.add_argument("--method", choices=["range", "trials"], help="default: the config's lr_finder.method")
-    p.add_argument("--out", help="folder for the results (default: a new folder in output_dir)")
+    p.add_argument("--output", "-o", "--out", dest="out",
+                   help="folder for the results (default: a new folder in output_dir)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_lr_find)
 
@@ -400,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5")
     p.add_argument("--trials", type=int, help="number of trials (this session)")
     p.add_argument("--timeout", type=float, help="seconds for this session's trials")
-    p.add_argument("--out", required=True, help="folder of the study (study.db, trials/, "
+    p.add_argument("--output", "-o", "--out", dest="out", required=True, help="folder of the study (study.db, trials/, "
                    "trials.csv, best_config.yaml)")
     p.add_argument("--resume", action="store_true", help="add trials to the study in --out")
     p.add_argument("--min-lr", type=float, default=1e-5)

@@ -219,9 +219,11 @@ def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     return base
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+def load_config(path: str | Path | None = None,
+                overrides: Iterable[str] | Mapping[str, Any] = (),
                 base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults, then the YAML file (if any), then ``key.sub=value`` overrides; checked."""
+    """Defaults, then the YAML file (if any), then the overrides; checked. ``overrides``:
+    ``key.sub=value`` strings (values read as YAML) or a mapping ``{"key.sub": value}``."""
     config = copy.deepcopy(dict(base)) if base is not None else default_config()
     if path is not None:
         path = Path(path)
@@ -241,6 +243,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
         merge(config, loaded, where=str(path))
         if config.get("name") is None:
             config["name"] = path.stem
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_dotted(config, str(key).strip(), value)
+        overrides = ()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

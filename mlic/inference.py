@@ -4,8 +4,9 @@
 is ``torch``, ``onnxruntime`` or ``openvino`` (default: torch for checkpoints, onnxruntime for
 .onnx, OpenVINO for .xml). Images may be paths, PIL images or HxWx3 uint8 arrays; every backend gets
 the same preprocessing, the one stored with the model (checkpoint JSON or the exported file's
-metadata), so predictions match what evaluation measured. Decisions use the model's thresholds
-(one per class after threshold tuning, else the evaluation threshold).
+metadata), so predictions match what evaluation measured. Decisions follow the model's rule
+(``mlic.decisions``): its thresholds (one per class after ``mlic tune-thresholds``, else 0.5) and at
+least ``min_labels`` labels per image (default 1: no image comes back without a label; 0 allows it).
 
 Known labels: ``predict(images, known={"dog": 1, "cat": 0})`` (or one dict per image) tells a model
 that takes label states (C-Tran) what is already known; other labels stay unknown (-1). Label names
@@ -26,11 +27,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from mlic.data.images import MAX_PIXELS, load_rgb, to_rgb
 from mlic.data.table import label_name
 from mlic.data.transforms import eval_transform
-from mlic.errors import DataError, did_you_mean
+from mlic.decisions import decide
+from mlic.engine.assembly import resolve_device
+from mlic.errors import DataError, WeightsError, did_you_mean
 from mlic.export.runtime import TorchRuntime, load_runtime
 from mlic.models import MultiLabelClassifier
 from mlic.models.backbone import Preprocessing
@@ -84,17 +88,24 @@ class Predictor:
         thresholds = metadata.get("thresholds", 0.5)
         self.thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64),
                                           (len(self.label_names),)).copy()
+        self.min_labels = metadata.get("min_labels", 1)
+        if not isinstance(self.min_labels, int) or isinstance(self.min_labels, bool) \
+                or self.min_labels < 0:
+            raise WeightsError(f"the model's min_labels must be a whole number >= 0, got "
+                               f"{self.min_labels!r}")
         self.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
         self.transform = eval_transform(self.preprocessing)
         self.max_pixels: int | None = MAX_PIXELS  # larger images are refused (decompression bombs)
 
     @classmethod
-    def load(cls, path: str | Path, backend: str | None = None, device: str = "cpu",
+    def load(cls, path: str | Path, backend: str | None = None, device: str = "auto",
              tag: str = "best", precision: str | None = None, threads: int | None = None
              ) -> "Predictor":
         """From a run folder, its checkpoints folder, a checkpoint .json / .safetensors, or an
         exported .onnx / .xml. ``precision`` (OpenVINO only): None for its default (bf16 on CPUs
-        that have it), "f32" to force float32. ``threads``: onnxruntime / OpenVINO threads."""
+        that have it), "f32" to force float32. ``threads``: onnxruntime / OpenVINO threads.
+        ``device`` (torch): auto (a GPU if there is one), cpu, cuda, cuda:1, ..."""
+        device = str(resolve_device(device))  # a device that is not there: a clear error
         runtime, metadata = load_runtime(path, backend, device, tag, precision, threads)
         return cls(runtime, metadata)
 
@@ -168,13 +179,16 @@ class Predictor:
         return self._scores(images, batch_size, self.label_states(known, len(images), 3))[0]
 
     def _scores(self, images: Sequence[Any], batch_size: int, states: np.ndarray | None,
-                on_bad: str = "error") -> tuple[np.ndarray, list[int]]:
+                on_bad: str = "error", progress: bool = False) -> tuple[np.ndarray, list[int]]:
         """(scores, the indices of ``images`` they belong to): under ``on_bad="skip"`` images that
         cannot be read are left out, each with an ImageSkipped warning."""
         if on_bad not in ("error", "skip"):
             raise DataError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
         out, kept = [], []
+        bar = tqdm(total=len(images), desc="predict", unit="image", disable=not progress,
+                   leave=False, mininterval=1.0)
         for start in range(0, len(images), batch_size):
+            bar.update(min(batch_size, len(images) - start))
             tensors, rows = [], []
             for i in range(start, min(start + batch_size, len(images))):
                 try:
@@ -190,24 +204,27 @@ class Predictor:
             states_rows = None if states is None else states[rows]
             out.append(self.runtime(torch.stack(tensors).numpy(), states_rows))
             kept += rows
+        bar.close()
         if not out:
             return np.zeros((0, len(self.label_names))), kept
         return np.concatenate(out).astype(np.float64), kept
 
     def predict(self, images: Sequence[Any] | str | Path, batch_size: int = 32,
-                known: Known = None, on_bad: str = "error") -> list[dict[str, Any]]:
+                known: Known = None, on_bad: str = "error", progress: bool = False
+                ) -> list[dict[str, Any]]:
         """One dict per image: ``image``, ``labels`` (decided positive, best first), ``scores``.
         ``on_bad="skip"``: images that cannot be read are left out (an ImageSkipped warning each)."""
         if isinstance(images, (str, Path)):
             images = [images]
         scores, kept = self._scores(images, batch_size, self.label_states(known, len(images), 3),
-                                    on_bad)
+                                    on_bad, progress)
         results = []
-        for image, row in zip((images[i] for i in kept), scores):
+        chosen = decide(scores, self.thresholds, self.min_labels)
+        for image, row, yes in zip((images[i] for i in kept), scores, chosen):
             order = np.argsort(-row, kind="stable")
             results.append({
                 "image": str(image) if isinstance(image, (str, Path)) else None,
-                "labels": [self.label_names[j] for j in order if row[j] >= self.thresholds[j]],
+                "labels": [self.label_names[j] for j in order if yes[j]],
                 "scores": {self.label_names[j]: float(row[j]) for j in order},
             })
         return results

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import yaml
 
 from mlic.atomic import atomic_write
+from mlic.data_paths import locate_data
 from mlic.errors import ConfigError, WeightsError
 
 CONFIG = "config.yaml"
@@ -100,9 +101,13 @@ def run_split(run_dir: str | Path, *names: str, hint: str = "", with_classes: bo
     """The first of the splits ``names`` (train, val, test) that the run's config sets: its name
     and its annotation spec (``data.<name>``), as training read it; ``with_classes``: a plain CSV
     path gets the run's ``data.classes`` (the label list it was written with). ``hint`` ends the
-    errors."""
-    data = run_config(run_dir, hint).get("data") or {}
+    errors. Its paths are found wherever the run is now (``mlic.data_paths``)."""
+    config = run_config(run_dir, hint)
+    data = config.get("data") or {}
     for name in names:
+        if not data.get(name):
+            continue
+        data = locate_data(run_dir, config, (name, "classes") if with_classes else (name,), hint)
         spec = data.get(name)
         if spec and with_classes and data.get("classes") and isinstance(spec, str):
             spec = {"path": spec, "classes": data["classes"]}

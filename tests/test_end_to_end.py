@@ -426,7 +426,8 @@ def test_cli_predict_json(trained, capsys) -> None:
         values = list(r["scores"].values())
         assert values == sorted(values, reverse=True) and all(0 <= v <= 1 for v in values)
         assert set(r["scores"]) <= set(predictor.label_names)
-        assert r["labels"] == [n for n, v in r["scores"].items() if v >= 0.5]
+        above = [n for n, v in r["scores"].items() if v >= 0.5]
+        assert r["labels"] == (above or list(r["scores"])[:1])  # at least one label per image
     assert main(["predict", str(run), str(images[0]), "--top", "0"]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["scores"]) == len(predictor.label_names)
 

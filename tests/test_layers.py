@@ -21,7 +21,7 @@ LAYERS = [
     ("mlic.models", "mlic.losses"),
     ("mlic.coupling",),
     ("mlic.config",),
-    ("mlic.run_folder", "mlic.predictions", "mlic.tracking"),
+    ("mlic.data_paths", "mlic.run_folder", "mlic.predictions", "mlic.tracking"),
     ("mlic.figures",),
     ("mlic.report", "mlic.cooccurrence", "mlic.gallery", "mlic.label_curves"),
     ("mlic.engine",),

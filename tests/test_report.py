@@ -366,7 +366,7 @@ def test_training_writes_the_report(tiny_run):
 def test_eval_and_tune_thresholds_refresh_the_report(trained, capsys):
     assert main(["tune-thresholds", str(trained), "--num-workers", "0", "--no-progress"]) == 0
     assert "thresholds.png" in plot_names(trained)
-    assert "Tuned on train" in (trained / "report.html").read_text(encoding="utf-8")
+    assert "Tuned on val" in (trained / "report.html").read_text(encoding="utf-8")
     (trained / "report.html").unlink()
     assert main(["eval", str(trained), "--num-workers", "0", "--no-progress"]) == 0
     report = json.loads((trained / "eval_test.json").read_text())

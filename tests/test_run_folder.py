@@ -21,7 +21,10 @@ def test_new_run_dir_is_a_fresh_folder_with_checkpoints(tmp_path):
     assert checkpoints_of(first).is_dir() and not is_run_folder(first)  # no config.yaml yet
 
 
-def test_run_split_is_the_first_set_split(tmp_path):
+def test_run_split_is_the_first_set_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the splits' files are there (run_split finds them)
+    for name in ("a.csv", "t.csv", "c.txt"):
+        (tmp_path / name).write_text("")
     run = make_run(tmp_path, {"train": "a.csv", "val": None, "test": "t.csv", "classes": "c.txt"})
     assert is_run_folder(run) and run_config(run)["data"]["train"] == "a.csv"
     assert run_split(run, "val", "test") == ("test", "t.csv")

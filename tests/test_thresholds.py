@@ -10,6 +10,7 @@ import pytest
 
 import mlic
 from mlic.cli import main
+from mlic.decisions import decide
 from mlic.metrics import threshold_metrics
 
 
@@ -26,8 +27,11 @@ def test_tune_store_and_use(run, colour_dataset, capsys):
     labels = meta["label_names"]
     assert list(summary["thresholds"]) == labels
     assert meta["thresholds"] == [summary["thresholds"][n] for n in labels]
-    tuned = summary["on_tuning_split"]["tuned"]
-    assert tuned["mean_F1"] >= summary["on_tuning_split"]["at_0.5"]["mean_F1"] - 1e-12
+    # tuned on the validation split by default, never the training images, with every rule's result
+    assert summary["split"] == "val" and not summary["on_training_images"]
+    assert set(summary["on_tuning_split"]) == {"at_0.5", "global", "tuned"}
+    assert summary["on_tuning_split"]["tuned"]["empty_images"] == 0
+    assert meta["min_labels"] == 1
 
     # predict decides with the per-class thresholds
     predictor = mlic.Predictor.load(run)
@@ -35,8 +39,10 @@ def test_tune_store_and_use(run, colour_dataset, capsys):
     paths = [table.image_path(i) for i in range(len(table))]
     scores = predictor.scores(paths)
     thresholds = np.asarray(meta["thresholds"])
-    for result, row in zip(predictor.predict(paths), scores):
-        assert set(result["labels"]) == {labels[j] for j in np.flatnonzero(row >= thresholds)}
+    chosen = decide(scores, thresholds, min_labels=1)
+    for result, row, yes in zip(predictor.predict(paths), scores, chosen):
+        assert set(result["labels"]) == {labels[j] for j in np.flatnonzero(yes)}
+        assert result["labels"]  # no image without a label
 
     # eval reports the 0.5 columns and the tuned ("adapt") columns
     capsys.readouterr()
@@ -53,3 +59,4 @@ def test_tune_store_and_use(run, colour_dataset, capsys):
 def test_tune_on_missing_split_is_a_clear_error(run, capsys):
     assert main(["tune-thresholds", str(run), "--split", "nosuch", "--no-progress"]) == 2
     assert "config.yaml: no data.nosuch split; pass --data" in capsys.readouterr().err
+

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from mlic.atomic import remove_stale_temps
 from mlic.config import load_config, save_config, with_defaults
 from mlic.data.transforms import batch_to_device, eval_transform
+from mlic.data_paths import locate_data, with_absolute_paths
 from mlic.engine import checkpoint as ckpt
 from mlic.engine import distributed
 from mlic.engine.assembly import Trainee, build_trainee, equip
@@ -335,6 +336,7 @@ def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Itera
             raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml", overrides)
         _check_resume_overrides(load_config(run_dir / "config.yaml"), cfg)
+        cfg["data"] = locate_data(run_dir, cfg)  # the run may have moved, or run from elsewhere
         # Killed before its first epoch was saved: the run starts again, in the same folder.
         restart = not (checkpoints_of(run_dir) / ckpt.STATE_FILE).is_file()
         if distributed.is_main():
@@ -345,6 +347,8 @@ def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Itera
         cfg = load_config(None, overrides, base=with_defaults(config))
     else:
         cfg = load_config(config, overrides)
+    if resume is None:  # config.yaml records them absolute: the run works from any folder
+        cfg = with_absolute_paths(cfg)
     started = distributed.init_from_env(cfg["device"])
     try:
         if resume is None:

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from mlic.errors import ConfigError, WeightsError
-from mlic.export.metadata import check_graph, read_onnx_metadata, read_openvino_metadata
+from mlic.export.metadata import (check_graph, from_strings, read_onnx_metadata,
+                                  read_openvino_metadata)
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
@@ -31,6 +32,15 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 class Int8WeightsMaySaturate(UserWarning):
     """An INT8 model with 8-bit weights runs on an x86 CPU without VNNI or AMX, where int8 dot
     products add pairs into a saturating int16, so its scores drift from the calibrated model's."""
+
+
+def onnx_installed() -> bool:
+    """Whether the onnx package is there (exporting needs it; running a .onnx does not)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def require(module: str) -> None:
@@ -218,8 +228,12 @@ def load_runtime(path: str | Path, backend: str | None = None, device: str = "cp
         if suffix != ".onnx":
             raise ConfigError(f"{path}: onnxruntime runs .onnx files; use backend='openvino' for "
                               f"an OpenVINO IR")
-        metadata = read_onnx_metadata(path)
-        runtime = OnnxRuntime(path, threads)
+        if onnx_installed():  # checks the file (external data in its folder) before loading it
+            metadata = read_onnx_metadata(path)
+            runtime = OnnxRuntime(path, threads)
+        else:  # onnxruntime alone runs the file and reads its metadata
+            runtime = OnnxRuntime(path, threads)
+            metadata = from_strings(runtime.session.get_modelmeta().custom_metadata_map, path)
     else:
         require("openvino")
         from mlic.export.openvino import core
