@@ -22,10 +22,12 @@ import csv
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from mlic.atomic import atomic_write
+from mlic.run_folder import checkpoints_of
 
 LOGGERS = ("tensorboard", "mlflow")
 STEPS = "steps.csv"
@@ -160,7 +162,6 @@ class TensorBoardLogger:
             raise RuntimeError("the tensorboard package is not installed "
                                "(pip install 'mlic[tracking]')") from None
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        self.steps_per_epoch = None
 
     def step(self, step: int, loss: float, lr: float) -> None:
         if math.isfinite(loss):
@@ -175,8 +176,12 @@ class TensorBoardLogger:
     def images(self, paths: Sequence[str], labels: Sequence[Sequence[str]]) -> None:
         import numpy as np
         from mlic.data.images import load_rgb
+        from mlic.errors import DataError
         for i, (path, names) in enumerate(zip(paths, labels)):
-            picture = load_rgb(path)
+            try:
+                picture = load_rgb(path)
+            except DataError:  # an unreadable image is left out, not the logger
+                continue
             picture.thumbnail((224, 224))
             self.writer.add_image(f"train/{i}", np.asarray(picture), 0, dataformats="HWC")
             # Markdown: the label names as inline code, so no name is read as markup
@@ -193,7 +198,7 @@ class TensorBoardLogger:
 class MLflowLogger:
     def __init__(self, run_dir: Path, config: Mapping[str, Any]):
         try:
-            import mlflow  # noqa: F401
+            from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise RuntimeError("the mlflow package is not installed "
@@ -202,7 +207,7 @@ class MLflowLogger:
         if not uri:  # a local file store beside the runs; MLflow 3 asks for this switch to use one
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             uri = (run_dir.parent / "mlruns").resolve().as_uri()
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client, self.metric = MlflowClient(tracking_uri=uri), Metric
         id_file = run_dir / "mlflow_run_id"
         if id_file.is_file():  # a resumed run continues its MLflow run
             self.run_id = id_file.read_text(encoding="utf-8").strip()
@@ -214,21 +219,16 @@ class MLflowLogger:
                          else self.client.create_experiment(name))
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
         id_file.write_text(self.run_id + "\n", encoding="utf-8")
-        params = {k: str(v)[:500] for k, v in _flatten(config).items()}
-        items = list(params.items())
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters per call
-            from mlflow.entities import Param
-            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in
-                                                       items[start:start + 100]])
+        params = [Param(k, str(v)[:500]) for k, v in _flatten(config).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
 
     def step(self, step: int, loss: float, lr: float) -> None:
         pass  # per epoch only: per-step points are in steps.csv (and TensorBoard)
 
     def epoch(self, epoch: int, numbers: Mapping[str, float]) -> None:
-        from mlflow.entities import Metric
-        import time
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch)
+        self.client.log_batch(self.run_id, metrics=[self.metric(k, v, now, epoch)
                                                     for k, v in numbers.items()])
 
     def images(self, paths: Sequence[str], labels: Sequence[Sequence[str]]) -> None:
@@ -240,7 +240,7 @@ class MLflowLogger:
                 self.client.log_artifact(self.run_id, str(run_dir / name))
         for path in sorted(run_dir.glob("eval_*.json")):
             self.client.log_artifact(self.run_id, str(path), "evaluations")
-        for path in sorted((run_dir / "checkpoints").glob("best.*")):
+        for path in sorted(checkpoints_of(run_dir).glob("best.*")):
             self.client.log_artifact(self.run_id, str(path), "model")
         self.client.set_terminated(self.run_id)
 

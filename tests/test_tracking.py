@@ -106,6 +106,27 @@ def test_mlflow_local_store_gets_params_metrics_and_artifacts(colour_dataset, tm
         "model/best.json", "model/best.safetensors"}
 
 
+@needs_mlflow
+def test_a_resumed_run_continues_its_mlflow_run(colour_dataset, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+
+    def crash_after_first_epoch(epoch, row):
+        raise KeyboardInterrupt
+
+    config = tiny_config(colour_dataset, tmp_path, epochs=2, loggers=["mlflow"])
+    with pytest.raises(KeyboardInterrupt):
+        mlic.train(config, progress=False, quiet=True, on_epoch_end=crash_after_first_epoch)
+    (run,) = tmp_path.glob("tiny-*")
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    mlic.train(resume=run, progress=False, quiet=True)
+    assert (run / "mlflow_run_id").read_text().strip() == run_id
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+
 def test_a_failing_or_missing_logger_never_fails_the_run(colour_dataset, tmp_path, monkeypatch):
     class Broken:
         def __init__(self, run_dir, config):
