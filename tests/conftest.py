@@ -4,8 +4,9 @@ one run trained on it per test session.
 Each 32x32 image holds 1-3 coloured squares; the labels are the colours present. A tiny timm
 backbone learns it in a few steps, so end-to-end tests run in seconds on a CPU.
 
-Tests marked ``slow`` (multi-process DDP, SIGKILL mid-run, INT8 export: several seconds each) run
-by default, as in CI; ``pytest -m "not slow"`` is the fast lane, which still touches every module.
+Tests marked ``slow`` (multi-process DDP, SIGKILL mid-run, INT8 export, most export-parity cases,
+a fresh interpreter's start: seconds each) run by default, as in CI; ``pytest -m "not slow"`` is
+the fast lane, which still touches every module.
 """
 from __future__ import annotations
 

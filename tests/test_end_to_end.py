@@ -463,6 +463,7 @@ def test_cli_data_stats(trained, capsys) -> None:
                          re.MULTILINE), (name, count, out)
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: seconds
 def test_python_m_mlic_help() -> None:
     result = subprocess.run([sys.executable, "-m", "mlic", "--help"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], timeout=120)

@@ -140,7 +140,13 @@ def torch_outputs(run: Path, images: list[np.ndarray], states: np.ndarray | None
     return batch.numpy(), logits.numpy().astype(np.float64), predictor
 
 
-@pytest.mark.parametrize("case", list(HEAD_CASES))
+# Each export takes seconds: the fast lane (-m "not slow") keeps the linear head in both forms, the
+# paper's cosine ML-Decoder and the graph heads; the full suite runs every case.
+SLOW_PARITY = ("ml_decoder", "label_graph_gcn_decoder", "query2label", "query2label_cosine", "ctran")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_PARITY else c
+                                  for c in HEAD_CASES])
 def test_parity_every_head_and_backend(case: str, head_runs, tmp_path) -> None:
     run = head_runs[case]
     images = realistic_images(7, seed=1)
