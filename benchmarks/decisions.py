@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from mlic.config import load_config
 from mlic.data.formats import load_table
@@ -103,7 +104,9 @@ def main() -> None:
     (RESULTS / "decisions.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     lines = ["# Decision rules on the emoji benchmark's Twitter test drawings", "",
              f"`python benchmarks/decisions.py --run {run}`: the demo recipe (EfficientNet-Lite0, "
-             f"linear head, 96 px) trained on style_fit, tuned on style_val "
+             f"linear head, 96 px; the weights of epoch {meta.get('epoch')} of "
+             f"{yaml.safe_load((run / 'config.yaml').read_text())['train']['epochs']}) trained on style_fit, "
+             f"tuned on style_val "
              f"({len(val_t)} images), tested on {len(test_t)} Twitter drawings with "
              f"{truth:.2f} true labels per image.", "",
              "| rule | labels / image | CF1 | OF1 | mean F1 | images with no label |",

@@ -440,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", help="format option key=value, e.g. split=val")
     p.add_argument("--min-labels", type=int, default=1, help="labels every image gets at least "
                    "(its best-scoring ones); 0: an image may get none (default 1)")
-    p.add_argument("--min-positives", type=int, default=5, help="labels with fewer positives in "
-                   "the tuning data take the one global threshold (default 5)")
+    p.add_argument("--min-positives", type=int, default=20, help="labels with fewer positives in "
+                   "the tuning data take the one global threshold (default 20)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)

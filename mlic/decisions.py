@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from mlic.metrics import threshold_metrics, tune_thresholds
 
-MIN_POSITIVES = 5
+MIN_POSITIVES = 20  # fewer: per-class cuts lost to the global one (benchmarks/results/decisions.md)
 
 
 def decide(probabilities: ArrayLike, thresholds: ArrayLike = 0.5, min_labels: int = 1
