@@ -19,8 +19,10 @@ order, each adding one piece to the row above:
     + label graph         the GAT label branch re-weighting the features before the cosine ML-Decoder
 
 Every SGD row clips the gradient norm at 10 (``train.grad_clip``, mlic's default: without it the
-ML-Decoder collapses in its first steps, docs/training.md); one more row runs the full recipe
-without clipping to show that collapse. Then the demo recipe (linear, ASL, AdamW, EMA) and the plain
+ML-Decoder collapses in its first steps, docs/training.md), the backbone's and the head's apart
+(``train.grad_clip_scope: parts``, the default; benchmarks/gradient_share.py shows why); one more
+row runs the full recipe without clipping to show that collapse. Each run records how it clipped
+(the table's "clip" column), so runs from before the per-part default stay told apart. Then the demo recipe (linear, ASL, AdamW, EMA) and the plain
 timm + BCE loop of benchmarks/plain_timm.py. Writes benchmarks/results/ablation.md (table, curves
 as a PNG beside it) and ablation.json (every run).
 """
@@ -79,24 +81,29 @@ def run_row(name: str, overrides: list[str] | None, data: Path, runs: Path, seed
         from plain_timm import plain_timm_loop  # benchmarks/ is on the path when run as a script
         result = plain_timm_loop(data, epochs + 2, size, seed, train_csv=fit.name, log=lambda _: None)
         return {"row": name, "seed": seed, "mAP": result["mAP"], "val_mAP": None,
-                "minutes": result["minutes"], "epochs": epochs + 2, "curve": [], "run": None}
+                "minutes": result["minutes"], "epochs": epochs + 2, "curve": [], "run": None,
+                "clip": "none"}
     config = load_config(demo_config_path(), [
         f"data.train={fit}", f"data.val={val}", f"data.test={data / 'style_test.csv'}",
         f"data.classes={data / 'labels.txt'}", f"output_dir={runs}", f"seed={seed}",
         f"train.epochs={epochs}", f"data.image_size={size}", "train.ema=0.99",
         "train.early_stopping=false", *overrides])
+    clip = (f"{config['train']['grad_clip']:g} per {config['train']['grad_clip_scope']}"
+            if config["train"]["grad_clip"] > 0 else "none")
     try:
         run = train(config, progress=False, quiet=True)
     except MlicError as e:  # e.g. a diverging loss: the row is recorded as failed
         print(f"seed {seed}  {name}: failed: {e}", flush=True)
         return {"row": name, "seed": seed, "mAP": float("nan"), "val_mAP": float("nan"),
-                "minutes": (time.time() - start) / 60, "epochs": epochs, "curve": [], "run": None}
+                "minutes": (time.time() - start) / 60, "epochs": epochs, "curve": [], "run": None,
+                "clip": clip}
     test = json.loads((run / "eval_test.json").read_text())
     with open(run / "metrics.csv", newline="", encoding="utf-8") as f:
         curve = [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
     best_val = max(float(r["val_mAP"]) for r in curve)
     return {"row": name, "seed": seed, "mAP": test["mAP"], "val_mAP": best_val,
-            "minutes": (time.time() - start) / 60, "epochs": epochs, "curve": curve, "run": str(run)}
+            "minutes": (time.time() - start) / 60, "epochs": epochs, "curve": curve, "run": str(run),
+            "clip": clip}
 
 
 def summarise(values: list[float]) -> str:
@@ -120,21 +127,21 @@ def health(result: dict) -> str:
 
 def merged_with_saved(results: list[dict]) -> list[dict]:
     """This process's runs over those already in ablation.json (another process may be running
-    other rows): a saved run of the same row and seed is replaced."""
+    other rows): a saved run of the same row, seed and clipping is replaced."""
     path = RESULTS / "ablation.json"
     saved = json.loads(path.read_text()) if path.is_file() else []
-    mine = {(r["row"], r["seed"]) for r in results}
-    return [r for r in saved if (r["row"], r["seed"]) not in mine] + results
+    mine = {(r["row"], r["seed"], r["clip"]) for r in results}
+    return [r for r in saved if (r["row"], r["seed"], r["clip"]) not in mine] + results
 
 
 def write_results(args, results: list[dict]) -> None:
     results = merged_with_saved(results) if args.append else results
-    table = ["| row | seeds | test mAP | best val mAP | decoder attn_ratio / image_share, "
-             "epoch 1 → last | min per run |", "|---|---|---|---|---|---|"]
+    table = ["| row | clip | seeds | test mAP | best val mAP | decoder attn_ratio / image_share, "
+             "epoch 1 → last | min per run |", "|---|---|---|---|---|---|---|"]
     for name, _ in ROWS:
-        mine = [r for r in results if r["row"] == name]
-        if mine:
-            table.append(f"| {name} | {len(mine)} | {summarise([r['mAP'] for r in mine])} | "
+        for clip in sorted({r["clip"] for r in results if r["row"] == name}):
+            mine = [r for r in results if r["row"] == name and r["clip"] == clip]
+            table.append(f"| {name} | {clip} | {len(mine)} | {summarise([r['mAP'] for r in mine])} | "
                          f"{summarise([r['val_mAP'] for r in mine])} | {health(mine[0])} | "
                          f"{statistics.fmean(r['minutes'] for r in mine):.1f} |")
     text = (f"# Ablation on the emoji benchmark (the paper's Table 6 order)\n\n"
@@ -165,10 +172,11 @@ def plot_curves(results: list[dict], path: Path) -> None:
         if not r["curve"] or r["seed"] != min(x["seed"] for x in results if x["row"] == r["row"]):
             continue
         epochs = [int(c["epoch"]) for c in r["curve"]]
-        left.plot(epochs, [100 * float(c["val_mAP"]) for c in r["curve"]], marker="o", label=r["row"])
+        style = {"marker": "o", "label": f"{r['row']} (clip {r['clip']})",
+                 "linestyle": "--" if r["clip"].endswith("per model") else "-"}  # the old global clip
+        left.plot(epochs, [100 * float(c["val_mAP"]) for c in r["curve"]], **style)
         if any("image_share" in c for c in r["curve"]):
-            right.plot(epochs, [float(c.get("image_share", "nan")) for c in r["curve"]], marker="o",
-                       label=r["row"])
+            right.plot(epochs, [float(c.get("image_share", "nan")) for c in r["curve"]], **style)
     left.set(xlabel="epoch", ylabel="validation mAP", title="validation mAP (model)")
     right.set(xlabel="epoch", ylabel="image_share", yscale="log",
               title="decoder output: share that depends on the image")
