@@ -70,24 +70,33 @@ def test_ml_decoder_labels_of_one_query_share_its_map():
 
 def test_a_map_sits_on_its_square_and_masking_the_square_takes_the_label_away(
         trained_run, colour_dataset):
-    explainer = Explainer.load(trained_run)
-    rows = [line.split(",") for line in colour_dataset["test"].read_text().splitlines()[1:]]
     hits = total = 0
-    for name, labels in rows[:12]:
+    for on_square, found, after, before_there, after_there in masked_maps(
+            Explainer.load(trained_run), colour_dataset):
+        hits += on_square
+        total += 1
+        assert after.probability < found.probability
+        assert after_there < before_there
+    assert hits / total >= 0.9, f"{hits} of {total} maps on their square"
+
+
+def masked_maps(explainer, colour_dataset, images=12):
+    """Per (image, true label) of the first test images: whether the map's hottest 16 px cell is
+    the label's square, the map, the map with that cell painted white, and the cell's mean heat
+    before and after."""
+    rows = [line.split(",") for line in colour_dataset["test"].read_text().splitlines()[1:]]
+    for name, labels in rows[:images]:
         labels = labels.split("|")
         image = Image.open(colour_dataset["root"] / name).convert("RGB")
         for label in labels:
             (found,) = explainer(image, [label])
             means = cell_means(found.heat)
             row, column = np.unravel_index(np.argmax(means), means.shape)
-            hits += (row, column) == quadrant(labels, label)
-            total += 1
             masked = np.asarray(image).copy()
             masked[16 * row:16 * row + 16, 16 * column:16 * column + 16] = 255
             (after,) = explainer(Image.fromarray(masked), [label])
-            assert after.probability < found.probability
-            assert cell_means(after.heat)[row, column] < means[row, column]
-    assert hits / total >= 0.9, f"{hits} of {total} maps on their square"
+            yield ((row, column) == quadrant(labels, label), found, after, means[row, column],
+                   cell_means(after.heat)[row, column])
 
 
 @pytest.mark.slow
@@ -100,22 +109,12 @@ def test_attention_maps_sit_on_their_square_and_follow_masking(colour_dataset, t
     config["model"].update(head="query2label", head_params=SMALL["query2label"])
     explainer = Explainer.load(mlic.train(config, progress=False, quiet=True))
     assert explainer.method == "attention"
-    rows = [line.split(",") for line in colour_dataset["test"].read_text().splitlines()[1:]]
     hits = lowered = map_lowered = total = 0
-    for name, labels in rows[:12]:
-        labels = labels.split("|")
-        image = Image.open(colour_dataset["root"] / name).convert("RGB")
-        for label in labels:
-            (found,) = explainer(image, [label])
-            means = cell_means(found.heat)
-            row, column = np.unravel_index(np.argmax(means), means.shape)
-            masked = np.asarray(image).copy()
-            masked[16 * row:16 * row + 16, 16 * column:16 * column + 16] = 255
-            (after,) = explainer(Image.fromarray(masked), [label])
-            hits += (row, column) == quadrant(labels, label)
-            lowered += after.probability < found.probability
-            map_lowered += cell_means(after.heat)[row, column] < means[row, column]
-            total += 1
+    for on_square, found, after, before_there, after_there in masked_maps(explainer, colour_dataset):
+        hits += on_square
+        lowered += after.probability < found.probability
+        map_lowered += after_there < before_there
+        total += 1
     assert hits >= 0.7 * total and lowered >= 0.9 * total and map_lowered >= 0.6 * total, (
         hits, lowered, map_lowered, total)
 
