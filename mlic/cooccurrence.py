@@ -31,12 +31,15 @@ def top_columns(weights: np.ndarray, limit: int = MAX_LABELS) -> np.ndarray:
     return np.sort(np.argsort(-weights, kind="stable")[:limit])
 
 
-def training_pairs(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def training_pairs(data) -> tuple[np.ndarray, np.ndarray]:
     """(kept label indices, their pair counts): the training labels' co-occurrence over the
-    ``MAX_LABELS`` most frequent labels; the diagonal holds each label's count."""
-    positive = targets == 1
-    keep = top_columns(positive.sum(axis=0))
-    return keep, pair_counts(positive[:, keep], positive[:, keep])
+    ``MAX_LABELS`` most frequent labels; the diagonal holds each label's count. ``data``: a
+    LabelTable (read sparsely, never as a dense matrix) or its targets."""
+    from mlic.data.stats import positives_matrix
+    positive = positives_matrix(data)
+    keep = top_columns(np.asarray(positive.sum(axis=0)).ravel())
+    kept = positive[:, keep].astype(np.float32)
+    return keep, (kept.T @ kept).toarray()
 
 
 def cooccurrence_section(keep: np.ndarray, counts: np.ndarray, labels: Sequence[str]

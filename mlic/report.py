@@ -264,8 +264,14 @@ def _evaluation(f: _RunFiles) -> str:
                         if r.get("known_fraction") else "")
         threshold = r.get("threshold", 0.5)
         tuned = r.get("tuned") and {"mAP": r.get("mAP"), **r["tuned"]}  # mAP has no threshold
+        # What predict gives: the model's rule with its floor of labels per image.
+        chosen = r.get("decisions") and {"mAP": r.get("mAP"), **r["decisions"]}
+        rule = chosen and (f"{chosen.get('rule', '')}: {chosen.get('labels_per_image', 0):.2f} "
+                           f"labels per image (true {chosen.get('true_labels_per_image', 0):.2f}), "
+                           f"{_pct(chosen.get('empty_images'))}% without one")
         for label, at, metrics in ((split, threshold, r), (f"{split}, tuned", "per-class (tuned)",
-                                                           tuned)):
+                                                           tuned),
+                                   (f"{split}, decisions", rule, chosen)):
             if not metrics:
                 continue
             values = "".join(f'<td class="n">{_pct(metrics.get(k))}</td>' for k in METRICS)
@@ -276,8 +282,9 @@ def _evaluation(f: _RunFiles) -> str:
     return (head + f"<table><tr><th>evaluation (eval_&lt;name&gt;.json)</th><th>model</th>"
             f"<th>images</th><th>threshold</th>{cells}</tr>{''.join(rows)}</table><p>One row "
             f"per evaluation: the run's splits, other data (mlic eval --data), the known-label "
-            f"protocol, exported models (mlic eval MODEL.onnx / .xml). Percentages. mAP does "
-            f"not depend on the threshold; mean F1 is the mean of the per-class F1 (CF1 is the "
+            f"protocol, exported models (mlic eval MODEL.onnx / .xml); under each, the metrics at "
+            f"the tuned thresholds and of the decisions as mlic predict makes them (at least "
+            f"one label per image by default). Percentages. mAP does not depend on the threshold; mean F1 is the mean of the per-class F1 (CF1 is the "
             f"harmonic mean of CP and CR).</p>")
 
 
@@ -470,7 +477,7 @@ def _training_cooccurrence(f: _RunFiles, labels: list[str] | None) -> tuple[str,
     except (OSError, ValueError, KeyError):
         pass
     from mlic.data.formats import load_table  # only here: the rest of the report reads no data
-    keep, counts = training_pairs(load_table(spec).with_labels(labels, "negative").targets)
+    keep, counts = training_pairs(load_table(spec).with_labels(labels, "negative"))
 
     def write(temp: str) -> None:
         with open(temp, "wb") as out:  # a file object: numpy would add .npz to a name

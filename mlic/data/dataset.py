@@ -26,7 +26,7 @@ class MultiLabelDataset(Dataset):
         self.table = table
         self.max_pixels = max_pixels
         self.transform = transform
-        self.targets = torch.from_numpy(table.targets.astype("float32"))
+        # No float copy of the table: each item's dense row is built when it is read.
         self.on_bad, self.failure_log = on_bad, failure_log
 
     def __len__(self) -> int:
@@ -35,7 +35,7 @@ class MultiLabelDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.on_bad != "skip":
             image = load_rgb(self.table.image_path(index), max_pixels=self.max_pixels)
-            return self.transform(image), self.targets[index]
+            return self.transform(image), self.target(index)
         for attempt in range(MAX_REPLACEMENTS):
             row = (index + attempt) % len(self.table)
             try:
@@ -43,9 +43,13 @@ class MultiLabelDataset(Dataset):
             except DataError as e:
                 self._record(e)
                 continue
-            return self.transform(image), self.targets[row]
+            return self.transform(image), self.target(row)
         raise DataError(f"{MAX_REPLACEMENTS} images in a row cannot be read, from "
                         f"{self.table.image_path(index)} on: is the data still there?")
+
+    def target(self, index: int) -> torch.Tensor:
+        """The float32 {1, 0, -1} label states of one image."""
+        return torch.from_numpy(self.table.rows([index])[0].astype("float32"))
 
     def _record(self, error: DataError) -> None:
         if self.failure_log is not None:

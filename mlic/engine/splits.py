@@ -43,10 +43,11 @@ def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
     train = load_table(data["train"])
     names = read_classes(data.get("classes")) or train.label_names
     splits = Splits(names, train.with_labels(names, "negative"))
+    splits.notes += [f"train: {note}" for note in train.extra.get("notes", [])]
     if data.get("hide_fraction"):
         splits.train, hidden = splits.train.hide(float(data["hide_fraction"]), seed)
         splits.notes.append(f"data.hide_fraction: {hidden} training labels hidden (set to unknown)")
-    unlabelled = int((~(splits.train.targets == 1).any(axis=1)).sum())
+    unlabelled = int((splits.train.positives.per_row() == 0).sum())
     if unlabelled:
         splits.notes.append(f"{unlabelled} of {len(train)} training images have no positive label "
                             f"(kept: they are negatives for every label they do not mark unknown)")
@@ -57,12 +58,13 @@ def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
         if data.get(key) is None:
             continue
         table = load_table(data[key])
+        splits.notes += [f"{key}: {note}" for note in table.extra.get("notes", [])]
         extra = sorted(set(table.label_names) - set(names))
         if extra:
             splits.notes.append(f"{key}: {len(extra)} labels not among the training labels are "
                                 f"ignored: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
         aligned = table.with_labels(names, "negative")
-        if len(aligned) and not (aligned.targets == 1).any():  # its mAP would be nan
+        if len(aligned) and not aligned.positives.nnz:  # its mAP would be nan
             raise DataError(f"data.{key}: none of its {len(table)} images has a label among the "
                             f"{len(names)} training labels (its labels: "
                             f"{', '.join(table.label_names[:8]) or 'none'}), so it cannot measure "

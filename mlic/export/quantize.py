@@ -122,7 +122,7 @@ def calibration_inputs(data: str | Mapping[str, Any], model: MultiLabelClassifie
     transform = eval_transform(model.preprocessing)
     states = None
     if model.takes_label_states:
-        targets = torch.from_numpy(table.targets[indices].astype(np.int64))
+        targets = torch.from_numpy(table.rows(indices).astype(np.int64))
         revealed = sample_revealed(targets, 0.75, torch.Generator().manual_seed(seed))
         states = reveal(targets, revealed)[0].numpy().astype(np.float32)
     samples = []
@@ -150,7 +150,7 @@ def validation_inputs(data: str | Mapping[str, Any], model: MultiLabelClassifier
         inputs = {"images": _image_input(table, index, transform)}
         if model.takes_label_states:
             inputs["label_states"] = np.full((1, len(label_names)), -1.0, dtype=np.float32)
-        items.append((inputs, table.targets[index]))
+        items.append((inputs, table.rows([index])[0]))
     return items
 
 

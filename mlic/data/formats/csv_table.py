@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import csv
 import warnings
+from array import array
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from mlic.data.formats._paths import as_bool, image_root, read_text, safe_relative
+from mlic.data.sparse_rows import SparseRows
 from mlic.data.table import POSITIVE, UNKNOWN, LabelTable, label_name
 from mlic.errors import DataError, DataWarning
 
@@ -77,9 +79,13 @@ def load_csv(path: str | Path, root: str | Path | None = None, separator: str = 
     def names_in(cell: str) -> list[str]:
         return [label_name(name.strip()) for name in cell.split(separator) if name.strip()]
 
+    # Millions of rows: labels are kept as (row, label id) pairs in typed arrays, ids given in
+    # order of first sight and renumbered to the final label order at the end.
     paths: list[str] = []
-    entries: list[tuple[list[str], list[str], int]] = []
+    id_of: dict[str, int] = {} if classes is None else {n: j for j, n in enumerate(names)}
+    pairs = {POSITIVE: (array("q"), array("q")), UNKNOWN: (array("q"), array("q"))}
     seen: dict[str, int] = {}
+    several = False  # some image has two labels (see check_separator)
     try:
         for row in rows:
             line_no = rows.line_num
@@ -101,24 +107,34 @@ def load_csv(path: str | Path, root: str | Path | None = None, separator: str = 
             if both:
                 raise DataError(f"line {line_no}: {sorted(both)[0]!r} is both a label and unknown",
                                 path)
+            several = several or len(positive) + len(unknown) > 1
+            for state, found in ((POSITIVE, positive), (UNKNOWN, unknown)):
+                add_row, add_id = pairs[state][0].append, pairs[state][1].append
+                for name in found:
+                    j = id_of.get(name)
+                    if j is None:
+                        if classes is not None:
+                            hint = separator_hint(name, set(names), separator)
+                            raise DataError(f"line {line_no}: label {name!r} is not in "
+                                            f"{known}{hint}", path)
+                        j = id_of[name] = len(id_of)
+                    add_row(len(paths))
+                    add_id(j)
             paths.append(rel)
-            entries.append((positive, unknown, line_no))
     except csv.Error as e:
         raise DataError(f"malformed CSV near line {rows.line_num} ({e})", path) from None
 
+    new_id = np.arange(len(id_of))
     if classes is None:
-        names, known = sorted({n for pos, unk, _ in entries for n in pos + unk}), "the labels"
-        check_separator(names, entries, separator, path)
-    column = {name: j for j, name in enumerate(names)}
-    targets = np.zeros((len(paths), len(names)), dtype=np.int8)
-    for i, (positive, unknown, line_no) in enumerate(entries):
-        for state, found in ((POSITIVE, positive), (UNKNOWN, unknown)):
-            for name in found:
-                if name not in column:
-                    hint = separator_hint(name, set(names), separator)
-                    raise DataError(f"line {line_no}: label {name!r} is not in {known}{hint}", path)
-                targets[i, column[name]] = state
-    return LabelTable(paths, names, targets, root, str(path))
+        names = sorted(id_of)
+        check_separator(names, several, separator, path)
+        new_id[[id_of[n] for n in names]] = np.arange(len(names))
+    n, c = len(paths), len(names)
+    positives, unknowns = (
+        SparseRows.from_pairs(np.frombuffer(r, dtype=np.int64), new_id[np.frombuffer(j, np.int64)],
+                              n, c) for r, j in (pairs[POSITIVE], pairs[UNKNOWN]))
+    return LabelTable.from_sparse(paths, names, positives, unknowns=unknowns, root=root,
+                                  source=str(path))
 
 
 def separator_hint(name: str, known: set[str], separator: str) -> str:
@@ -130,10 +146,10 @@ def separator_hint(name: str, known: set[str], separator: str) -> str:
     return ""
 
 
-def check_separator(names: list[str], entries: list, separator: str, path: Path) -> None:
-    """No image with two labels, yet label names that hold another separator: a wrong separator
-    made each combination one label, which training would silently learn as such."""
-    if any(len(pos) + len(unk) > 1 for pos, unk, _ in entries):
+def check_separator(names: list[str], several: bool, separator: str, path: Path) -> None:
+    """No image with two labels (``several`` False), yet label names that hold another separator:
+    a wrong separator made each combination one label, which training would silently learn."""
+    if several:
         return
     for other in SEPARATORS:
         joined = [n for n in names if other != separator and other in n]
