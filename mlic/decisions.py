@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from mlic.metrics import threshold_metrics, tune_thresholds
+from mlic.chunks import class_chunks, row_chunks
+from mlic.errors import DataError
+from mlic.metrics import prf_from_counts, summarise_prf, tune_thresholds
 
 MIN_POSITIVES = 20  # fewer: per-class cuts lost to the global one (benchmarks/results/decisions.md)
 
@@ -39,18 +41,30 @@ def decide(probabilities: ArrayLike, thresholds: ArrayLike = 0.5, min_labels: in
 
 def global_threshold(probabilities: ArrayLike, targets: ArrayLike) -> float:
     """The one threshold that maximises the overall F1 (OF1) of all known entries together: an exact
-    sweep over the distinct scores (OF1 = 2 Nc / (Np + Ng) only changes there)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    t = np.asarray(targets)
-    known = t >= 0
-    scores, positive = p[known], t[known] == 1
-    if not positive.any():
+    sweep over the scores (OF1 = 2 Nc / (Np + Ng) only changes there).
+
+    Only the scores of positives are tried: below one of them and down to the next, a lower cut
+    adds negatives only, so the best cut is at a positive's score (the highest on ties). The number
+    of known entries at or above each is counted one class chunk at a time (``mlic.chunks``): no
+    sort or copy of all N x C scores."""
+    p, t = np.asarray(probabilities), np.asarray(targets)
+    parts = [np.asarray(p[:, cols], dtype=np.float64)[t[:, cols] == 1]
+             for cols in class_chunks(*p.shape)]
+    candidates = np.unique(np.concatenate(parts)) if parts else np.empty(0)  # ascending
+    if not candidates.size:
         return 0.5
-    order = np.argsort(-scores, kind="stable")
-    scores, positive = scores[order], positive[order]
-    last = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))  # end of each tie group
-    f1 = 2 * np.cumsum(positive)[last] / (last + 1 + positive.sum())
-    return float(scores[last[np.argmax(f1)]])
+    # Entries in bin b (searchsorted, right) are >= candidates[:b]: a reversed cumulative sum.
+    predicted = np.zeros(len(candidates) + 1, dtype=np.int64)
+    correct = np.zeros(len(candidates) + 1, dtype=np.int64)
+    for cols in class_chunks(*p.shape):
+        pc, tc = np.asarray(p[:, cols], dtype=np.float64), t[:, cols]
+        for counts, chosen in ((predicted, tc >= 0), (correct, tc == 1)):
+            bins = np.searchsorted(candidates, pc[chosen], side="right")
+            counts += np.bincount(bins, minlength=len(counts))
+    n_predicted = np.cumsum(predicted[::-1])[:-1]  # at or above each candidate, highest first
+    n_correct = np.cumsum(correct[::-1])[:-1]
+    f1 = 2 * n_correct / (n_predicted + correct.sum())
+    return float(candidates[::-1][np.argmax(f1)])
 
 
 def choose_thresholds(probabilities: ArrayLike, targets: ArrayLike,
@@ -60,21 +74,46 @@ def choose_thresholds(probabilities: ArrayLike, targets: ArrayLike,
     t = np.asarray(targets)
     fallback = global_threshold(probabilities, t)
     tuned = tune_thresholds(probabilities, t, default=fallback)
-    few = (t == 1).sum(axis=0) < min_positives
-    tuned[few] = fallback
+    tuned[positives_per_class(t) < min_positives] = fallback
     return tuned, fallback
+
+
+def positives_per_class(targets: ArrayLike) -> np.ndarray:
+    """Known positives of each class, (C,), counted a chunk at a time (no full-size mask)."""
+    t = np.asarray(targets)
+    counts = np.zeros(t.shape[1], dtype=np.int64)
+    for cols in class_chunks(*t.shape):
+        counts[cols] = (t[:, cols] == 1).sum(axis=0)
+    return counts
 
 
 def rule_metrics(probabilities: ArrayLike, targets: ArrayLike, thresholds: ArrayLike = 0.5,
                  min_labels: int = 1) -> dict[str, float]:
     """What a rule gives on labelled data: CP/CR/CF1, OP/OR/OF1, mean per-class F1 (in [0, 1]),
-    the mean number of labels per image and the share of images left with none."""
-    t = np.asarray(targets)
-    chosen = decide(probabilities, thresholds, min_labels)
-    # The decisions as 0/1 scores cut at 0.5: the metrics of exactly these labels.
-    out = threshold_metrics(chosen.astype(np.float64), t, 0.5)
-    out["labels_per_image"] = float(chosen.sum(axis=1).mean()) if len(chosen) else 0.0
-    out["empty_images"] = float((chosen.sum(axis=1) == 0).mean()) if len(chosen) else 0.0
+    the mean number of labels per image and the share of images left with none.
+
+    The labels are decided a chunk of images at a time (an image's floor needs all its classes)
+    and only their counts kept."""
+    p, t = np.asarray(probabilities), np.asarray(targets)
+    if t.shape != p.shape:
+        raise DataError(f"scores have shape {p.shape} but targets have shape {t.shape}")
+    nc, np_, ng = (np.zeros(t.shape[1], dtype=np.int64) for _ in range(3))
+    labels, empty = 0, 0
+    for rows in row_chunks(*t.shape):
+        chosen, tr = decide(p[rows], thresholds, min_labels), t[rows]
+        if not np.isin(tr, (-1, 0, 1)).all():
+            raise DataError("targets must be 1 (positive), 0 (negative) or -1 (unknown)")
+        positive = tr == 1
+        predicted = chosen & (tr >= 0)  # an unknown entry is never a prediction
+        nc += (predicted & positive).sum(axis=0)
+        np_ += predicted.sum(axis=0)
+        ng += positive.sum(axis=0)
+        per_image = chosen.sum(axis=1)
+        labels += int(per_image.sum())
+        empty += int((per_image == 0).sum())
+    out = summarise_prf(prf_from_counts(nc, np_, ng))
+    out["labels_per_image"] = labels / len(t) if len(t) else 0.0
+    out["empty_images"] = empty / len(t) if len(t) else 0.0
     return out
 
 

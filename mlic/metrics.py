@@ -5,6 +5,10 @@ thresholds care about the scale); ``targets`` is an (N, C) array of 1 (positive)
 (unknown). Unknown entries are dropped everywhere: they are neither ranked, nor predicted, nor counted
 as ground truth. Inputs are checked once, at each public function, and bad ones raise ``DataError``.
 
+Memory stays bounded at any size: inputs are not copied whole (float32 scores stay float32); each
+metric works on one chunk of classes at a time, in float64 there (``mlic.chunks``), so the figures
+are those of a float64 computation over the whole array.
+
 Conventions follow the reference codes (ASL, ML-Decoder, deep-object-reid, ML-GCN, Query2Label, C-Tran;
 compared in docs/metrics.md); where sources disagree, the choice made here is stated in the
 function's docstring.
@@ -16,10 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from mlic.chunks import class_chunks
 from mlic.errors import ConfigError, DataError
 
 __all__ = ["MAPResult", "ClassPRF", "average_precision", "mean_average_precision",
-           "per_class_prf", "threshold_metrics", "tune_thresholds"]
+           "per_class_prf", "prf_from_counts", "summarise_prf", "threshold_metrics",
+           "tune_thresholds"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,12 @@ class ClassPRF:
 
 
 def _check(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Validate (N, C) scores and targets; return float64 scores and int8 targets."""
+    """Validate (N, C) scores and targets; return them as arrays, not copied when they already are
+    (full-scale scores are gigabytes): the metrics convert one chunk at a time (``mlic.chunks``)."""
     try:
-        s = np.asarray(scores, dtype=np.float64)
+        s = np.asarray(scores)
+        if s.dtype.kind not in "biuf":  # strings, objects: as numbers, or the error below
+            s = np.asarray(scores, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise DataError(f"scores must be an array of real numbers: {exc}") from None
     t = np.asarray(targets)
@@ -63,21 +72,36 @@ def _check(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarra
         raise DataError(f"scores must be 2-D (samples, classes), got shape {s.shape}")
     if t.shape != s.shape:
         raise DataError(f"scores have shape {s.shape} but targets have shape {t.shape}")
-    if not np.isfinite(s).all():
-        row, col = np.argwhere(~np.isfinite(s))[0]
-        raise DataError(f"scores must be finite; score[{row}, {col}] is {s[row, col]}")
-    if t.dtype.kind not in "biuf" or not np.isin(t, (-1, 0, 1)).all():
+    if t.dtype.kind not in "biuf":
         raise DataError("targets must be 1 (positive), 0 (negative) or -1 (unknown)")
-    return s, t.astype(np.int8)
+    for cols in class_chunks(*s.shape):
+        part = s[:, cols]
+        if s.dtype.kind == "f" and not np.isfinite(part).all():
+            row, col = np.argwhere(~np.isfinite(part))[0]
+            raise DataError(f"scores must be finite; score[{row}, {cols.start + col}] is "
+                            f"{float(part[row, col])}")
+        if not np.isin(t[:, cols], (-1, 0, 1)).all():
+            raise DataError("targets must be 1 (positive), 0 (negative) or -1 (unknown)")
+    return s, t
 
 
-def _ranked(s: np.ndarray, t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Known scores of class k sorted descending and whether each is a positive.
+def _class_rows(s: np.ndarray, t: np.ndarray, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """The classes ``cols`` as rows: float64 scores and int8 targets, (len(cols), N) each,
+    contiguous so that each class is read in one run (a column of the (N, C) input is strided).
+    float64 is exact for float32 input, so the ranking and its ties are those of the input."""
+    return (np.array(s[:, cols].T, dtype=np.float64, order="C"),
+            np.array(t[:, cols].T, dtype=np.int8, order="C"))
+
+
+def _ranked(sk: np.ndarray, tk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Known scores of one class (scores ``sk``, targets ``tk``) sorted descending and whether
+    each is a positive.
 
     The sort is stable, so tied scores keep their sample order and results are deterministic.
     """
-    known = t[:, k] >= 0
-    sk, tk = s[known, k], t[known, k]
+    known = tk >= 0
+    if not known.all():
+        sk, tk = sk[known], tk[known]
     order = np.argsort(-sk, kind="stable")
     return sk[order], tk[order] == 1
 
@@ -95,11 +119,13 @@ def average_precision(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
 
 def _average_precision(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     ap = np.full(s.shape[1], np.nan)
-    for k in range(s.shape[1]):
-        _, positive = _ranked(s, t, k)
-        if positive.any():
-            ranks = np.flatnonzero(positive) + 1  # 1-based rank of each positive
-            ap[k] = np.mean(np.arange(1, len(ranks) + 1) / ranks)
+    for cols in class_chunks(*s.shape):
+        sc, tc = _class_rows(s, t, cols)
+        for j in range(len(sc)):
+            _, positive = _ranked(sc[j], tc[j])
+            if positive.any():
+                ranks = np.flatnonzero(positive) + 1  # 1-based rank of each positive
+                ap[cols.start + j] = np.mean(np.arange(1, len(ranks) + 1) / ranks)
     return ap
 
 
@@ -151,11 +177,22 @@ def per_class_prf(scores: ArrayLike, targets: ArrayLike, thresholds: ArrayLike =
 
 
 def _per_class_prf(s: np.ndarray, t: np.ndarray, th: np.ndarray) -> ClassPRF:
-    predicted = (s >= th) & (t >= 0)  # an unknown entry is never a prediction
-    positive = t == 1
-    nc = (predicted & positive).sum(axis=0)
-    np_ = predicted.sum(axis=0)
-    ng = positive.sum(axis=0)
+    nc, np_, ng = (np.zeros(s.shape[1], dtype=np.int64) for _ in range(3))
+    for cols in class_chunks(*s.shape):
+        sc = np.asarray(s[:, cols], dtype=np.float64)
+        tc = t[:, cols]
+        positive = tc == 1
+        predicted = (sc >= (th if th.ndim == 0 else th[cols])) & (tc >= 0)  # unknown: never
+        nc[cols] = (predicted & positive).sum(axis=0)
+        np_[cols] = predicted.sum(axis=0)
+        ng[cols] = positive.sum(axis=0)
+    return prf_from_counts(nc, np_, ng)
+
+
+def prf_from_counts(n_correct: np.ndarray, n_predicted: np.ndarray,
+                    n_positive: np.ndarray) -> ClassPRF:
+    """Per-class precision, recall and F1 of per-class counts (Nc, Np, Ng), see :class:`ClassPRF`."""
+    nc, np_, ng = n_correct, n_predicted, n_positive
     precision = _safe_div(nc, np_)
     recall = np.where(ng > 0, _safe_div(nc, ng), np.nan)
     f1 = np.where(ng > 0, _safe_div(2 * precision * recall, precision + recall), np.nan)
@@ -186,7 +223,11 @@ def threshold_metrics(scores: ArrayLike, targets: ArrayLike,
     defined value (no known positive anywhere) it is NaN; OP is 0 when nothing is predicted.
     """
     s, t = _check(scores, targets)
-    prf = _per_class_prf(s, t, _thresholds(thresholds, s.shape[1]))
+    return summarise_prf(_per_class_prf(s, t, _thresholds(thresholds, s.shape[1])))
+
+
+def summarise_prf(prf: ClassPRF) -> dict[str, float]:
+    """The :func:`threshold_metrics` of per-class counts (its docstring defines the keys)."""
     scored = prf.n_positive > 0
     nan = float("nan")
     cp = float(prf.precision[scored].mean()) if scored.any() else nan
@@ -216,12 +257,14 @@ def tune_thresholds(scores: ArrayLike, targets: ArrayLike, default: float = 0.5)
     """
     s, t = _check(scores, targets)
     out = np.full(s.shape[1], float(default))
-    for k in range(s.shape[1]):
-        sk, positive = _ranked(s, t, k)
-        if not positive.any():
-            continue
-        # Cutting at a distinct value predicts its whole tie group: use the last index of each group.
-        last = np.flatnonzero(np.append(sk[1:] != sk[:-1], True))
-        f1 = 2 * np.cumsum(positive)[last] / (last + 1 + positive.sum())
-        out[k] = sk[last[np.argmax(f1)]]
+    for cols in class_chunks(*s.shape):
+        sc, tc = _class_rows(s, t, cols)
+        for j in range(len(sc)):
+            sk, positive = _ranked(sc[j], tc[j])
+            if not positive.any():
+                continue
+            # Cutting at a distinct value predicts its whole tie group: the last index of each group.
+            last = np.flatnonzero(np.append(sk[1:] != sk[:-1], True))
+            f1 = 2 * np.cumsum(positive)[last] / (last + 1 + positive.sum())
+            out[cols.start + j] = sk[last[np.argmax(f1)]]
     return out

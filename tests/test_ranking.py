@@ -1,4 +1,4 @@
-"""mAP ranks the logits, in float64: float32 sigmoid probabilities tie at 1.0 above a logit of ~17.
+"""mAP ranks the logits: float32 sigmoid probabilities tie at 1.0 above a logit of ~17.
 
 A tie is ranked in sample order, so a model whose confident scores saturate gets an AP that depends
 on the order of the split; the logits keep the model's own order (docs/metrics.md).
@@ -73,7 +73,8 @@ def saturated_batches(classes: int, n: int = 24, batch: int = 8):
 def test_predict_scores_gives_the_logits_that_map_ranks() -> None:
     model, loader, logits, targets = saturated_batches(classes=3)
     scores = predict_scores(model, loader, torch.device("cpu"), progress=False)
-    assert scores.logits.dtype == np.float64 and scores.probabilities.dtype == np.float64
+    # float32, as the model gives them: the metrics cast a chunk at a time (tests/test_chunked_metrics.py)
+    assert scores.logits.dtype == np.float32 and scores.probabilities.dtype == np.float32
     np.testing.assert_array_equal(scores.logits, logits)
     np.testing.assert_array_equal(scores.targets, targets)
     assert (scores.probabilities == 1.0).all()  # float32 sigmoid: every score tied
