@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,7 +30,8 @@ from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
 from mlic.decisions import describe_rule, rule_metrics
 from mlic.engine.checkpoint import load_model, write_json
-from mlic.engine.evaluate import Scores, metrics_report, predict_scores
+from mlic.engine.evaluate import (Scores, expected_rows, metrics_report, predict_scores,
+                                  score_arrays)
 from mlic.engine.label_mask import evaluation_label_states, unknown_only
 from mlic.engine.assembly import resolve_device
 from mlic.engine.splits import SPLITS, make_loader
@@ -43,6 +45,7 @@ from mlic.spreadsheet import safe_row
 from mlic.thresholds import model_thresholds
 
 EXPORTED = (".onnx", ".xml")
+SCORES_DIR = ".eval_scores"  # in the run: a large split's scores, memory-mapped, removed after
 
 
 def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None,
@@ -103,13 +106,14 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
     states = None
     if known_fraction > 0:
         states = evaluation_label_states(table.paths, table.targets, known_fraction)
+    spill = None if folder is None else folder / SCORES_DIR
     if model is not None:
         dev = resolve_device(device)
         model.to(dev)
         scores = predict_scores(model, loader, dev, desc=f"eval {name}", progress=progress,
-                                label_states=states)
+                                label_states=states, folder=spill)
     else:
-        scores = runtime_scores(runtime, loader, states, f"eval {name}", progress)
+        scores = runtime_scores(runtime, loader, states, f"eval {name}", progress, spill)
     targets = scores.targets
     if states is not None:
         targets = unknown_only(targets, states)
@@ -142,6 +146,9 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
                              for row in report["per_class"])
         report["written"] = str(folder / f"eval_{name}.json")
         write_report_or_warn(folder)  # the run's report.html shows the new evaluation; never fails it
+    del scores, targets  # release the memory maps before their files go
+    if spill is not None:
+        shutil.rmtree(spill, ignore_errors=True)
     return report
 
 
@@ -196,19 +203,21 @@ def _load(model: Path, tag: str, device: str, backend: str | None):
     return None, meta, runtime
 
 
-def runtime_scores(runtime, loader, states: np.ndarray | None, desc: str, progress: bool
-                   ) -> Scores:
+def runtime_scores(runtime, loader, states: np.ndarray | None, desc: str, progress: bool,
+                   folder: Path | None = None) -> Scores:
     """``predict_scores`` through an exported model's runtime: probabilities, and logits when the
-    graph has them (mAP ranks them: probabilities saturate), else the probabilities again."""
+    graph has them (mAP ranks them: probabilities saturate), else the probabilities again.
+    float32, preallocated, memory-mapped in ``folder`` when large (as ``predict_scores``)."""
     logits_out = "logits" in getattr(runtime, "output_names", ["logits"])
-    probabilities, logits, targets, offset = [], [], [], 0
+    probabilities, logits, targets = score_arrays(expected_rows(loader), folder)
+    offset = 0
     for images, target in tqdm(loader, desc=desc, leave=False, disable=not progress,
                                mininterval=2.0):
         batch = images.numpy()
         rows = None if states is None else states[offset:offset + len(target)].astype(np.float32)
         offset += len(target)
-        probabilities.append(runtime(batch, rows))
-        logits.append(runtime(batch, rows, output="logits") if logits_out else probabilities[-1])
+        batch_probabilities = runtime(batch, rows)
+        probabilities.append(batch_probabilities)
+        logits.append(runtime(batch, rows, output="logits") if logits_out else batch_probabilities)
         targets.append(target.numpy())
-    return Scores(np.concatenate(probabilities), np.concatenate(logits),
-                  np.concatenate(targets).astype(np.int8))
+    return Scores(probabilities.array(), logits.array(), targets.array())

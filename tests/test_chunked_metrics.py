@@ -213,3 +213,22 @@ def test_metrics_report_memory_stays_bounded_on_float32():
         tracemalloc.stop()
     assert 0 < report["mAP"] < 1
     assert peak < 200e6, f"metrics_report used {peak / 1e6:.0f} MB beyond its inputs"
+
+
+def test_eval_of_a_large_split_goes_through_files_in_the_run_and_removes_them(tiny_run_copy,
+                                                                               monkeypatch):
+    """A split over ``MEMMAP_BYTES`` is scored into memory-mapped files in the run folder: the same
+    report as in memory, and no file left afterwards."""
+    import mlic.engine.score_rows as score_rows
+    from mlic.evaluation import SCORES_DIR, evaluate
+    in_memory = evaluate(tiny_run_copy, num_workers=0, progress=False)
+    spilled = []
+    real_open = np.lib.format.open_memmap
+    monkeypatch.setattr(score_rows, "MEMMAP_BYTES", 0)
+    monkeypatch.setattr(np.lib.format, "open_memmap",
+                        lambda path, **kw: spilled.append(path) or real_open(path, **kw))
+    through_files = evaluate(tiny_run_copy, num_workers=0, progress=False)
+    assert [p.name for p in spilled] == ["probabilities.npy", "logits.npy"]
+    assert all(p.parent == tiny_run_copy / SCORES_DIR for p in spilled)
+    assert not (tiny_run_copy / SCORES_DIR).exists()
+    assert through_files == in_memory
