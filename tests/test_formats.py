@@ -409,6 +409,49 @@ def test_openimages_errors(tmp_path: Path) -> None:
     raises(["twice.csv", "/m/01", "twice"], load_openimages, labels, classes=twice)
 
 
+def test_openimages_keep_list_drops_other_classes_with_a_count(tmp_path: Path) -> None:
+    labels = oi_files(tmp_path)  # the descriptions name 6 classes; the labels use 4 of them
+    with open(labels, "a") as f:  # a class the descriptions do not know: dropped, not an error
+        f.write("000002c707c9895e,verification,/m/0unknown,1\n"
+                "000003,verification,/m/0284d,1\n")  # an image with dropped labels only
+    boxable = labels.parent / "class-descriptions-boxable.csv"
+    boxable.write_text("/m/014sv8,Human eye\n/m/0c9ph5,Flower\n/m/011k07,Tortoise\n")
+    descriptions = labels.parent / "oidv6-class-descriptions.csv"
+    table = load_openimages(labels, classes=descriptions, keep=boxable)
+    assert table.label_names == ["Human eye", "Flower"]  # description order, used classes
+    assert table.paths == ["000002b66c9c498e.jpg", "000002b97e5471a0.jpg", "000002c707c9895e.jpg"]
+    assert table.targets.tolist() == [[1, -1], [-1, 1], [0, -1]]
+    assert table.extra["notes"] == [
+        "kept 3 of 6 classes (oidv6-class-descriptions.csv); dropped 5 label rows of 3 classes "
+        "not in class-descriptions-boxable.csv; 1 images with labels of those classes only are "
+        "left out"]
+    # a text list of MIDs (oidv6-classes-trainable.txt), a YAML list, and all_classes
+    trainable = labels.parent / "oidv6-classes-trainable.txt"
+    trainable.write_text("/m/014sv8\n/m/0284d\n")
+    assert load_openimages(labels, classes=descriptions, keep=trainable).label_names == [
+        "Human eye", "Dairy Product"]
+    listed = load_table({"path": labels, "classes": descriptions, "keep": ["/m/011k07", "/m/0c9ph5"],
+                         "all_classes": True})
+    assert listed.label_names == ["Tortoise", "Flower"]
+    assert listed.paths == ["000002b97e5471a0.jpg"] and listed.targets.tolist() == [[-1, 1]]
+    # a kept class the descriptions do not name cannot be a column
+    raises(["imagelabels.csv", "1 classes of the keep option", "'/m/0nameless'"], load_openimages,
+           labels, classes=descriptions, keep=["/m/014sv8", "/m/0nameless"])
+    # without keep, an unknown label stays an error
+    raises(["imagelabels.csv", "'/m/0unknown'"], load_openimages, labels, classes=descriptions)
+
+
+def test_the_paper_openimages_configs_keep_the_boxable_classes() -> None:
+    import yaml
+    for name in ("openimages_effv2s_mld_aam.yaml", "openimages_effv2s_asl_pretrain.yaml"):
+        path = Path(__file__).parent.parent / "configs" / "paper" / name
+        data = yaml.safe_load(path.read_text())["data"]
+        for split in ("train", "val"):
+            assert data[split]["keep"].endswith("class-descriptions-boxable.csv"), (name, split)
+            assert data[split]["classes"].endswith("oidv6-class-descriptions.csv"), (name, split)
+        assert "keep" in path.read_text().split("\nname:")[0]  # the header explains it
+
+
 # ---------------------------------------------------------------- CSV
 
 CSV_TEXT = """image,labels,unknown

@@ -73,3 +73,33 @@ def test_describe_degenerate_tables() -> None:
     assert "images: 0" in describe(LabelTable([], ["a"], np.zeros((0, 1))))
     lonely = describe(LabelTable(["x.jpg", "y.jpg"], ["a", "b"], [[1, 0], [0, 1]]))
     assert "none: no two labels are positive on the same image" in lonely
+
+
+def test_sparse_cooccurrence_matches_the_dense_product() -> None:
+    """The sparse product, and describe's pairs read from it, against the dense reference:
+    (T == 1)^T (T == 1), and its off-diagonal pairs ranked by P(j | i), then count, then position."""
+    rng = np.random.default_rng(0)
+    targets = rng.choice(np.array([1, 0, -1], dtype=np.int8), size=(300, 12), p=[0.2, 0.6, 0.2])
+    targets[:, 11] = 0  # a label never positive
+    positive = (targets == 1).astype(np.int64)
+    reference = positive.T @ positive
+    table = LabelTable([f"{i}.jpg" for i in range(300)], [f"l{j}" for j in range(12)], targets)
+    assert np.array_equal(label_cooccurrence(table), reference)
+    assert np.array_equal(label_cooccurrence(targets), reference)
+    assert np.array_equal(label_frequencies(table), np.diag(reference))
+
+    totals = np.diag(reference)[:, None].astype(float)
+    prob = np.divide(reference, totals, out=np.zeros(reference.shape), where=totals > 0)
+    i_idx, j_idx = np.nonzero((reference > 0) & ~np.eye(12, dtype=bool))
+    order = np.lexsort((-reference[i_idx, j_idx], -prob[i_idx, j_idx]))[:40]
+    expected = [f"  P(l{j_idx[k]} | l{i_idx[k]}) = {prob[i_idx[k], j_idx[k]]:.3f}  "
+                f"({reference[i_idx[k], j_idx[k]]} of {reference[i_idx[k], i_idx[k]]} images)"
+                for k in order]
+    lines = describe(table, top=40).splitlines()
+    start = lines.index("strongest co-occurrences P(j | i) (top 40):") + 1
+    assert lines[start:start + 40] == expected
+
+
+def test_describe_prints_the_tables_notes() -> None:
+    noted = LabelTable(["x.jpg"], ["a"], [[1]], extra={"notes": ["kept 1 of 2 classes"]})
+    assert "note: kept 1 of 2 classes" in describe(noted).splitlines()

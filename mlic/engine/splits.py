@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.formats import load_table
 from mlic.data.formats.csv_table import read_class_list
+from mlic.data.image_check_cache import default_cache_dir
 from mlic.data.images import MAX_PIXELS
 from mlic.data.table import LabelTable
 from mlic.data.validate import validate_images
@@ -86,7 +87,8 @@ def check_split_images(splits: Splits, data: Mapping[str, Any], log: logging.Log
         log.info(f"{key}: {table.summary()}  [{table.source}]")
         usable, problems = validate_images(table, data["check_images"], data["on_bad_image"],
                                            progress, report, hint,
-                                           data.get("max_image_pixels", MAX_PIXELS))
+                                           data.get("max_image_pixels", MAX_PIXELS),
+                                           cache_dir=default_cache_dir())
         if problems:
             log.info(f"{key}: skipped {len(problems)} of {len(table)} images that cannot be used "
                      f"(data.on_bad_image=skip; listed in {report}), e.g. {problems[0]}")
