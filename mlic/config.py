@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "train": None,       # split spec: path, or {format, path, root, ...options}
         "val": None,         # used for model selection (model vs EMA); optional
+        # Without data.val, this share of the training images (drawn with the seed) is held out
+        # as the validation split: weights selection, early stopping, decision thresholds. 0: none.
+        "val_fraction": 0.1,
         "test": None,        # evaluated once at the end with the selected weights; optional
         "classes": None,     # label order: list or file; default: the training table's
         "image_size": 448,
@@ -139,6 +142,10 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 128,       # global, like train.batch_size
         "threshold": 0.5,
         "empty_classes": "skip",  # skip | zero: classes without positives in mAP
+        # At the end of training, choose the decision rule (per-class thresholds) on the
+        # validation split's scores and store it with the model (mlic/engine/decision_rule.py).
+        "tune_thresholds": True,
+        "min_labels": 1,  # the rule's floor of labels per image (0: an image may get none)
     },
 }
 
@@ -162,7 +169,7 @@ POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "
             "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every",
             "lr_finder.min_lr", "lr_finder.max_lr", "lr_finder.steps", "lr_finder.n_trials",
             "lr_finder.epochs_per_trial", "lr_finder.smoothing"}
-NON_NEGATIVE = {"train.max_skipped_steps", "train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
+NON_NEGATIVE = {"eval.min_labels", "train.max_skipped_steps", "train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
                 "data.num_workers", "data.augment.shift", "data.augment.cutout"}
 AUTO_KEYS = {"train.lr"}  # may also be the string "auto"
 # Upper bounds, each with why: past them a value is a typo that would exhaust memory or overflow.
@@ -182,7 +189,7 @@ MAX_INT = (2**31 - 1, "counts this large are typos")
 # (a "billion laughs" document) would otherwise expand exponentially when config.yaml is written.
 MAX_VALUES = 1_000_000
 MAX_DEPTH = 64
-UNIT_INTERVAL = {"eval.threshold", "data.hide_fraction", "train.label_mask", "train.ema", "train.pct_start", "data.augment.cutout",
+UNIT_INTERVAL = {"data.val_fraction", "eval.threshold", "data.hide_fraction", "train.label_mask", "train.ema", "train.pct_start", "data.augment.cutout",
                  "train.es_smoothing",
                  "data.augment.cutout_p", "train.momentum", "model.drop_rate", "lr_finder.smoothing"}
 

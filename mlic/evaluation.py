@@ -28,7 +28,7 @@ from tqdm import tqdm
 from mlic.data.dataset import check_images
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
-from mlic.decisions import describe_rule, rule_metrics
+from mlic.engine.decision_rule import decisions_block, model_rule
 from mlic.engine.checkpoint import load_model, write_json
 from mlic.engine.evaluate import (Scores, expected_rows, metrics_report, predict_scores,
                                   score_arrays)
@@ -37,7 +37,7 @@ from mlic.engine.assembly import resolve_device
 from mlic.engine.splits import SPLITS, make_loader
 from mlic.errors import ConfigError
 from mlic.label_alignment import align_labels
-from mlic.models.backbone import Preprocessing
+from mlic.preprocessing import Preprocessing
 from mlic.predictions import predictions_file, save_predictions
 from mlic.report import write_report_or_warn
 from mlic.run_folder import CHECKPOINTS, is_run_folder, run_split
@@ -123,11 +123,7 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
     report = metrics_report(scores.probabilities, targets, meta["label_names"], float(thresholds),
                             empty_classes, tuned_thresholds=tuned, ranking=scores.logits)
     # What predict gives: the model's rule, with its floor of labels per image.
-    rule = (tuned if tuned is not None else meta.get("thresholds", 0.5), meta.get("min_labels", 1))
-    report["decisions"] = {"rule": describe_rule(*rule),
-                           "true_labels_per_image": float((targets == 1).sum(axis=1).mean())
-                           if len(targets) else 0.0,
-                           **rule_metrics(scores.probabilities, targets, *rule)}
+    report["decisions"] = decisions_block(scores.probabilities, targets, *model_rule(meta))
     report["split"], report["source"] = name, table.source
     report["model"] = str(run)
     report["labels"] = alignment.as_dict()

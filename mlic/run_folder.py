@@ -6,7 +6,9 @@
       metrics.csv          one row per epoch
       checkpoints/         last.* (resume), best.* (the selected weights)
       eval_<split>.json    metrics of the selected weights (written by training and by `mlic eval`)
-      thresholds.json      tuned per-class thresholds (`mlic tune-thresholds`)
+      thresholds.json      the decision rule: per-class thresholds chosen on the validation split
+      val_held_out.csv     without data.val: the training images held out as the validation split
+      (and labels.txt)     (data.val_fraction), with their labels; eval and tune-thresholds read it
       report.html, plots/  the run on one page, and its figures (mlic/report.py)
       export/              exported models (`mlic export`)
 
@@ -33,6 +35,7 @@ from mlic.errors import ConfigError, WeightsError
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
+HELD_OUT_VAL, HELD_OUT_LABELS = "val_held_out.csv", "labels.txt"
 
 METRICS_COLUMNS = ["epoch", "steps", "lr", "train_loss", "skipped_steps", "clipped_steps", "val_mAP", "val_mAP_ema",
                    "selected", "best_mAP", "es_smooth", "es_wait", "attn_ratio", "image_share",
@@ -105,6 +108,11 @@ def run_split(run_dir: str | Path, *names: str, hint: str = "", with_classes: bo
     config = run_config(run_dir, hint)
     data = config.get("data") or {}
     for name in names:
+        held_out = Path(run_dir) / HELD_OUT_VAL
+        if name == "val" and not data.get(name) and held_out.is_file():
+            # Its image paths are absolute: the images stay where the training split has them.
+            return name, {"path": str(held_out), "classes": str(Path(run_dir) / HELD_OUT_LABELS),
+                          "allow_outside_root": True}
         if not data.get(name):
             continue
         data = locate_data(run_dir, config, (name, "classes") if with_classes else (name,), hint)

@@ -20,15 +20,16 @@ import numpy as np
 from mlic.data.dataset import check_images
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
-from mlic.decisions import MIN_POSITIVES, choose_thresholds, describe_rule, rule_metrics
-from mlic.engine.checkpoint import load_model, read_metadata, write_json
+from mlic.decisions import MIN_POSITIVES
+from mlic.engine.checkpoint import load_model
+from mlic.engine.decision_rule import choose_rule, set_model_thresholds  # noqa: F401  (API)
 from mlic.engine.evaluate import predict_scores
 from mlic.engine.assembly import resolve_device
 from mlic.engine.splits import make_loader
 from mlic.errors import ConfigError
 from mlic.label_alignment import align_labels
 from mlic.report import write_report_or_warn
-from mlic.run_folder import resolve_checkpoint, run_split
+from mlic.run_folder import run_split
 
 
 def tune_run_thresholds(run: str | Path, split: str | None = None,
@@ -38,7 +39,7 @@ def tune_run_thresholds(run: str | Path, split: str | None = None,
     """Tune on ``split`` of the run's config (default: its validation split) or on ``data``;
     returns a summary (what each rule gives on the tuning data) and saves the rule."""
     run = Path(run)
-    if min_labels < 0:
+    if min_labels < 0:  # before any scoring
         raise ConfigError(f"min_labels must be 0 or more, got {min_labels}")
     model, meta = load_model(run, "best")
     if data is None:
@@ -55,19 +56,8 @@ def tune_run_thresholds(run: str | Path, split: str | None = None,
     # The probabilities: thresholds apply to them (the logits only rank, for mAP).
     scores, _, targets = predict_scores(model, loader, dev, desc=f"scores on {split}",
                                         progress=progress)
-    thresholds, fallback = choose_thresholds(scores, targets, min_positives)
-    rules = {"at_0.5": (0.5, 0), "global": (fallback, 0), "tuned": (thresholds, min_labels)}
-    summary = {"split": split, "source": table.source, "num_images": len(table),
-               "on_training_images": split == "train",
-               "rule": describe_rule(thresholds, min_labels), "min_labels": min_labels,
-               "global_threshold": fallback, "min_positives": min_positives,
-               "fallback_labels": [n for n, k in zip(meta["label_names"], (targets == 1).sum(axis=0))
-                                   if k < min_positives],
-               "thresholds": {n: float(t) for n, t in zip(meta["label_names"], thresholds)},
-               "on_tuning_split": {name: {k: float(v) for k, v in rule_metrics(
-                   scores, targets, *rule).items()} for name, rule in rules.items()}}
-    write_json(run / "thresholds.json", summary)
-    set_model_thresholds(run, thresholds.tolist(), min_labels)
+    summary = choose_rule(run, meta["label_names"], scores, targets, split, table.source,
+                          min_labels, min_positives)
     write_report_or_warn(run)  # the report's threshold section; a failure only warns
     return summary
 
@@ -77,20 +67,6 @@ def _no_split_hint(split: str | None) -> str:
         return "; pass --data"
     return ("; tune on held-out images with --data ANNOTATIONS (thresholds tuned on the images "
             "the model was trained on fit what it memorised), or on them anyway with --split train")
-
-
-def set_model_thresholds(run: str | Path, thresholds: list[float] | float,
-                         min_labels: int | None = None) -> None:
-    """Write thresholds (and the labels-per-image floor) into the best checkpoint's JSON
-    (atomically)."""
-    meta_path = resolve_checkpoint(run, "best")
-    meta = read_metadata(meta_path)  # the weights' own metadata, even after a torn save
-    if isinstance(thresholds, list) and len(thresholds) != len(meta["label_names"]):
-        raise ConfigError(f"{len(thresholds)} thresholds for {len(meta['label_names'])} labels")
-    meta["thresholds"] = thresholds
-    if min_labels is not None:
-        meta["min_labels"] = int(min_labels)
-    write_json(meta_path, meta)
 
 
 def model_thresholds(meta: Mapping[str, Any]) -> np.ndarray | None:

@@ -58,7 +58,7 @@ def test_rule_metrics_count_labels_and_images_left_without_one():
 def test_a_run_without_validation_split_is_not_tuned_on_its_training_images(
         colour_dataset, tmp_path, capsys):
     config = tiny_config(colour_dataset, tmp_path, epochs=1)
-    config["data"]["val"] = None
+    config["data"]["val"], config["data"]["val_fraction"] = None, 0.0
     run = mlic.train(config, progress=False, quiet=True)
     assert main(["tune-thresholds", str(run), "--num-workers", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -404,13 +404,15 @@ def test_cli_predict_csv(trained, tmp_path, capsys) -> None:
     scores = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
     assert ((scores >= 0) & (scores <= 1)).all()
     assert np.allclose(scores, predictor.scores(images), atol=1e-6)
+    # The model's thresholds: per class, chosen on the validation split at the end of training.
+    cuts = np.broadcast_to(np.asarray(predictor.thresholds, dtype=np.float64), scores.shape[1:])
     for row, s in zip(rows[1:], scores):
         labels = row[1].split("|") if row[1] else []
         assert set(labels) <= set(predictor.label_names)
-        # Decided by the model's thresholds (0.5); compare away from the cut to allow for rounding.
-        assert {n for n, v in zip(predictor.label_names, s) if v >= 0.5 + 1e-5} <= set(labels)
-        above = {n for n, v in zip(predictor.label_names, s) if v >= 0.5 - 1e-5}
-        # At least one label per image (min_labels): its best when no score reaches 0.5.
+        # Decided by those thresholds; compare away from the cut to allow for rounding.
+        assert {n for n, v, t in zip(predictor.label_names, s, cuts) if v >= t + 1e-5} <= set(labels)
+        above = {n for n, v, t in zip(predictor.label_names, s, cuts) if v >= t - 1e-5}
+        # At least one label per image (min_labels): its best when no score reaches its threshold.
         assert set(labels) <= above or labels == [predictor.label_names[int(np.argmax(s))]]
 
 
@@ -426,7 +428,9 @@ def test_cli_predict_json(trained, capsys) -> None:
         values = list(r["scores"].values())
         assert values == sorted(values, reverse=True) and all(0 <= v <= 1 for v in values)
         assert set(r["scores"]) <= set(predictor.label_names)
-        above = [n for n, v in r["scores"].items() if v >= 0.5]
+        cut = dict(zip(predictor.label_names, np.broadcast_to(
+            np.asarray(predictor.thresholds, dtype=np.float64), (len(predictor.label_names),))))
+        above = [n for n, v in r["scores"].items() if v >= cut[n]]  # the model's thresholds
         assert r["labels"] == (above or list(r["scores"])[:1])  # at least one label per image
     assert main(["predict", str(run), str(images[0]), "--top", "0"]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["scores"]) == len(predictor.label_names)

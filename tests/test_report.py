@@ -24,6 +24,7 @@ import mlic.report
 from mlic.cli import main
 from mlic.config import default_config, save_config
 from mlic.engine.checkpoint import write_json
+from mlic.engine.decision_rule import decisions_block
 from mlic.engine.evaluate import metrics_report
 from mlic.predictions import save_predictions
 from mlic.errors import ConfigError
@@ -86,6 +87,8 @@ def make_run(folder: Path, *, val: bool = True, evaluated: bool = True, tuned: b
         report = metrics_report(scores, targets, NAMES, 0.5,
                                 tuned_thresholds=thresholds if tuned else None)
         report.update(split="test", source="data/<test>.csv", known_fraction=0.0)
+        if tuned:  # as training and mlic eval write it: the model's own decisions
+            report["decisions"] = decisions_block(scores, targets, thresholds, 1)
         write_json(folder / "eval_test.json", report)
         save_predictions(folder / "predictions_test.npz", write_images(folder / "data", 60),
                          NAMES, scores, targets)
@@ -156,6 +159,10 @@ def test_full_report(tmp_path):
         assert f'<td class="n">{100 * report[key]:.2f}</td>' in page, key
     assert f'<td class="n">{100 * report["tuned"]["OF1"]:.2f}</td>' in page
     assert "test, tuned" in page and "per-class (tuned)" in page
+    decided = report["decisions"]
+    assert "test, decisions" in page and f'<td class="n">{100 * decided["OF1"]:.2f}</td>' in page
+    assert (f"per-class thresholds, at least 1 label per image: "
+            f"{decided['labels_per_image']:.2f} labels per image") in page
     assert '<td class="n">60</td>' in page  # images
     assert "test_known50 (50% of labels known)" in page
     assert 'title="data: data/&lt;test&gt;.csv"' in page
@@ -359,8 +366,8 @@ def test_training_writes_the_report(tiny_run):
     report = json.loads((trained / "eval_test.json").read_text())
     assert f'<td class="n">{100 * report["mAP"]:.2f}</td>' in page
     assert f"report: {trained / 'report.html'}" in (trained / "train.log").read_text()
-    assert {"training_curves.png", "per_class_ap.png"} <= plot_names(trained)
-    assert "No tuned per-class thresholds" in page
+    assert {"training_curves.png", "per_class_ap.png", "thresholds.png"} <= plot_names(trained)
+    assert "Tuned on val" in page and "test, decisions" in page  # the rule training chose
 
 
 def test_eval_and_tune_thresholds_refresh_the_report(trained, capsys):

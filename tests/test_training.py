@@ -303,7 +303,7 @@ def test_selection_logic_with_scripted_scores(colour_dataset, tmp_path, monkeypa
 
 def test_without_validation_the_latest_weights_are_best(colour_dataset, tmp_path) -> None:
     cfg = tiny_config(colour_dataset, tmp_path, epochs=1, ema=0.5)
-    cfg["data"]["val"] = None
+    cfg["data"]["val"], cfg["data"]["val_fraction"] = None, 0.0
     run = mlic.train(cfg, progress=False, quiet=True)
     best = json.loads((run / "checkpoints" / "best.json").read_text())
     assert best["selected"] == "ema" and "val_mAP" not in best

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -22,17 +23,20 @@ from mlic.coupling import build_coupled_loss, head_params_for_loss
 from mlic.data.table import LabelTable
 from mlic.data.transforms import eval_transform, train_transform
 from mlic.engine import distributed
-from mlic.engine.evaluate import metrics_report, predict_scores
+from mlic.engine.decision_rule import decisions_block
+from mlic.engine.evaluate import Scores, metrics_report, predict_scores
 from mlic.engine.label_context import build_label_context
 from mlic.engine.optim import build_optimizer, build_scheduler
 from mlic.engine.rng import seed_everything
 from mlic.engine.sam import SAMStep
-from mlic.engine.splits import Splits, check_split_images, load_splits, make_loader
+from mlic.engine.splits import (Splits, check_split_images, hold_out_validation, load_splits,
+                                make_loader, write_held_out)
 from mlic.engine.step import OptimizerStep
-from mlic.errors import ConfigError
+from mlic.errors import ConfigError, DataError
 from mlic.models import MultiLabelClassifier, create_model
 from mlic.models.heads import head_uses_label_context
 from mlic.predictions import save_predictions
+from mlic.run_folder import HELD_OUT_LABELS, HELD_OUT_VAL
 from mlic.preprocessing import Preprocessing
 
 
@@ -85,20 +89,36 @@ class Trainee:
                  predictions: Path | None = None) -> dict[str, Any]:
         """The metrics report of ``model`` over the whole split (every rank gets it); with
         ``predictions``, rank 0 also saves the scores there (``mlic.predictions``)."""
+        scores = self.score(model, loader, desc)
+        report = None
+        if distributed.is_main():
+            table = loader.dataset.table if predictions is not None else None
+            report = self.report(scores, table, predictions)
+        return distributed.broadcast_object(report)
+
+    def score(self, model: MultiLabelClassifier, loader: DataLoader, desc: str) -> Scores | None:
+        """The scores of ``model`` over the whole split on rank 0 (None on the other ranks)."""
         scores = predict_scores(model, loader, self.device, self.config["train"]["amp"],
                                 self.channels_last, desc, self.progress)
         # Under DDP each rank scored its share: the metrics are computed once, over the whole split.
-        probabilities, logits, targets = (distributed.gather_rows(a) for a in scores)
-        report = None
-        if distributed.is_main():  # mAP (model selection, early stopping) ranks the logits
-            report = metrics_report(probabilities, targets, self.label_names,
-                                    self.config["eval"]["threshold"],
-                                    self.config["eval"]["empty_classes"], ranking=logits)
-            if predictions is not None:  # the report's gallery and curves read them
-                table = loader.dataset.table
-                save_predictions(predictions, [str(table.image_path(i)) for i in range(len(table))],
-                                 self.label_names, probabilities, targets)
-        return distributed.broadcast_object(report)
+        gathered = Scores(*(distributed.gather_rows(a) for a in scores))
+        return gathered if distributed.is_main() else None
+
+    def report(self, scores: Scores, table: LabelTable | None, predictions: Path | None = None,
+               rule: tuple[Any, int] | None = None) -> dict[str, Any]:
+        """The metrics report of ``scores`` (mAP, model selection and early stopping rank the
+        logits); with ``rule`` (thresholds, min_labels), also what the model's decisions give."""
+        report = metrics_report(scores.probabilities, scores.targets, self.label_names,
+                                self.config["eval"]["threshold"],
+                                self.config["eval"]["empty_classes"], ranking=scores.logits,
+                                tuned_thresholds=None if rule is None or np.ndim(rule[0]) == 0
+                                else np.asarray(rule[0]))
+        if rule is not None:
+            report["decisions"] = decisions_block(scores.probabilities, scores.targets, *rule)
+        if predictions is not None:  # the report's gallery and curves read them
+            save_predictions(predictions, [str(table.image_path(i)) for i in range(len(table))],
+                             self.label_names, scores.probabilities, scores.targets)
+        return report
 
     def validation_map(self, model: MultiLabelClassifier) -> float:
         """The validation mAP of ``model`` (the lr search's evaluation)."""
@@ -130,6 +150,14 @@ def build_trainee(config: dict[str, Any], run_dir: Path, log: logging.Logger, pr
         report.unlink(missing_ok=True)
     skipped = check_split_images(splits, data, log, report if distributed.is_main() else None,
                                  progress)
+    held_out = hold_out_validation(splits, data, int(config["seed"]))
+    if held_out:
+        log.info(f"note: {held_out}")
+    if splits.held_out and distributed.is_main():  # eval and tune-thresholds find it in the run
+        try:
+            write_held_out(splits.val, run_dir / HELD_OUT_VAL, run_dir / HELD_OUT_LABELS)
+        except DataError as e:  # a label name with "|" has no plain-CSV form; training goes on
+            log.info(f"note: the held-out validation split is not saved ({e})")
 
     m, loss = config["model"], config["loss"]
     loss_params = dict(loss["params"] or {})

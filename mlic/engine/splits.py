@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from mlic.data.dataset import MultiLabelDataset
 from mlic.data.formats import load_table
-from mlic.data.formats.csv_table import read_class_list
+from mlic.data.formats.csv_table import read_class_list, save_csv
 from mlic.data.image_check_cache import default_cache_dir
 from mlic.data.images import MAX_PIXELS
 from mlic.data.table import LabelTable
@@ -29,6 +30,7 @@ class Splits:
     val: LabelTable | None = None
     test: LabelTable | None = None
     notes: list[str] = field(default_factory=list)
+    held_out: bool = False  # val was carved out of the training split (data.val_fraction)
 
 
 def read_classes(classes: Any) -> list[str] | None:
@@ -50,7 +52,7 @@ def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
         splits.notes.append(f"data.hide_fraction: {hidden} training labels hidden (set to unknown)")
     unlabelled = int((splits.train.positives.per_row() == 0).sum())
     if unlabelled:
-        splits.notes.append(f"{unlabelled} of {len(train)} training images have no positive label "
+        splits.notes.append(f"{unlabelled} of {len(splits.train)} training images have no positive label "
                             f"(kept: they are negatives for every label they do not mark unknown)")
     missing = sorted(set(names) - set(train.label_names))
     if missing:
@@ -72,6 +74,39 @@ def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
                             f"the model", table.source)
         setattr(splits, key, aligned)
     return splits
+
+
+def hold_out_validation(splits: Splits, data: Mapping[str, Any], seed: int) -> str | None:
+    """Without data.val, hold ``data.val_fraction`` of the training images out as the validation
+    split (after the image check, so its counts are the file's); returns the note to log."""
+    if splits.val is not None or data.get("val") is not None or not data.get("val_fraction"):
+        return None
+    total = len(splits.train)
+    splits.train, splits.val = hold_out(splits.train, float(data["val_fraction"]), seed)
+    splits.held_out = splits.val is not None
+    if splits.val is None:
+        return f"no data.val, and {total} training images are too few to hold any out"
+    return (f"no data.val: {len(splits.val)} of the {total} training images, drawn with seed "
+            f"{seed}, are the validation split (data.val_fraction={data['val_fraction']})")
+
+
+def hold_out(table: LabelTable, fraction: float, seed: int) -> tuple[LabelTable, LabelTable | None]:
+    """(the rest, the held-out share): ``fraction`` of the images drawn at random with ``seed``, the
+    same on every resume. None when that is no image, or would leave fewer than 2 to train on."""
+    count = int(round(fraction * len(table)))
+    if count < 1 or len(table) - count < 2:
+        return table, None
+    order = np.random.default_rng(seed).permutation(len(table))
+    held = np.sort(order[:count])
+    rest = np.sort(order[count:])
+    return table.subset(rest), table.subset(held)
+
+
+def write_held_out(table: LabelTable, path: Path, labels_path: Path) -> None:
+    """The held-out validation split as a plain CSV with absolute image paths, and its labels."""
+    absolute = LabelTable([str(table.image_path(i).resolve()) for i in range(len(table))],
+                          table.label_names, table.targets, None, table.source)
+    save_csv(absolute, path, classes_path=labels_path)
 
 
 def check_split_images(splits: Splits, data: Mapping[str, Any], log: logging.Logger,

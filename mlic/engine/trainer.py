@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
@@ -26,6 +27,7 @@ from mlic.data_paths import locate_data, with_absolute_paths
 from mlic.engine import checkpoint as ckpt
 from mlic.engine import distributed
 from mlic.engine.assembly import Trainee, build_trainee, equip
+from mlic.engine.decision_rule import THRESHOLDS_FILE, choose_rule
 from mlic.engine.decoder_health import decoder_health, last_cross_attention
 from mlic.engine.early_stopping import EarlyStopping, onecycle_warmup_finished
 from mlic.engine.evaluate import format_report
@@ -161,7 +163,8 @@ class Trainer:
 
     def metadata(self, **extra: Any) -> dict[str, Any]:
         return ckpt.model_metadata(self.model, self.label_names,
-                                   thresholds=self.config["eval"]["threshold"], **extra)
+                                   thresholds=self.config["eval"]["threshold"],
+                                   min_labels=self.config["eval"]["min_labels"], **extra)
 
     # ------------------------------------------------------------------------------------ loop
     def train_one_epoch(self) -> tuple[float, int, int]:
@@ -302,15 +305,28 @@ class Trainer:
         model, _ = ckpt.load_model(checkpoints_of(self.run_dir), tag="best")
         model.to(self.device)
         pre = model.preprocessing
+        rule = None  # (thresholds, min_labels): chosen on the validation split, used on the test split
         for key in ("val", "test"):
             table = getattr(self.splits, key)
             if table is None:
                 continue
-            report = self.trainee.evaluate(model, self.trainee.eval_loader(table, pre), f"{key} (best)",
-                                           predictions=predictions_file(self.run_dir, key))
-            if distributed.is_main():
-                ckpt.write_json(self.run_dir / f"eval_{key}.json", report)
+            scores = self.trainee.score(model, self.trainee.eval_loader(table, pre), f"{key} (best)")
+            if not distributed.is_main():
+                continue
+            if key == "val" and self.config["eval"]["tune_thresholds"]:
+                chosen = choose_rule(self.run_dir, self.label_names, scores.probabilities,
+                                     scores.targets, "val", table.source,
+                                     self.config["eval"]["min_labels"])
+                rule = (np.asarray(list(chosen["thresholds"].values())), chosen["min_labels"])
+                self.log.info(f"decision rule chosen on the validation split: {chosen['rule']} "
+                              f"(saved with the best weights; {THRESHOLDS_FILE})")
+            report = self.trainee.report(scores, table, predictions_file(self.run_dir, key),
+                                         rule or (self.config["eval"]["threshold"],
+                                                  self.config["eval"]["min_labels"]))
+            ckpt.write_json(self.run_dir / f"eval_{key}.json", report)
             self.log.info(f"{key} split, selected weights:\n{format_report(report)}")
+        if rule is None and distributed.is_main():
+            self.log.info(self._untuned_note())
         if distributed.is_main():
             report_path = write_report_or_warn(self.run_dir, self.log)  # a failure only warns
             if report_path is not None:
@@ -318,6 +334,14 @@ class Trainer:
         self.tracking.finish()  # after the report: MLflow keeps it as an artifact
         self.log.info(f"done: {self.run_dir}")
         close_logger(self.log)
+
+
+    def _untuned_note(self) -> str:
+        why = ("there is no validation split" if self.splits.val is None
+               else "eval.tune_thresholds is off")
+        return (f"decisions: one threshold, {self.config['eval']['threshold']}, for every label "
+                f"({why}); per-class thresholds chosen on held-out images decide better: "
+                f"mlic tune-thresholds {self.run_dir} --data HELD_OUT_ANNOTATIONS")
 
 
 def train(config: Mapping[str, Any] | str | Path | None = None, overrides: Iterable[str] = (),
