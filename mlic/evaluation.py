@@ -7,7 +7,8 @@ used; ``data`` takes any split spec instead.
 Every evaluation is kept, named after what it scored: ``eval_<split>.json`` for the run's own
 splits, ``eval_<name>.json`` for other data, where the name is the user's or the data file's stem
 (``eval_test.json`` is only ever the run's own test split; a second data file of the same stem gets
-``-2``). An exported model's evaluation adds the file's stem: ``eval_test_model_int8.json``.
+``-2``). An exported model's evaluation adds the file's name: ``eval_test_model_int8_onnx.json``
+(``model_int8.xml``: ``eval_test_model_int8_xml.json``).
 
 The data's label names are matched against the model's first (``mlic.label_alignment``): too few in
 common is an error, not a silently different score. Labels the data lacks count as negative for
@@ -119,7 +120,8 @@ def evaluate(run: str | Path, data: str | Path | Mapping[str, Any] | None = None
         targets = unknown_only(targets, states)
         name = f"{name}_known{round(100 * known_fraction)}"
     if exported:
-        name = f"{name}_{_slug(run.stem)}"
+        # The file's name with its format: model.onnx and model.xml are two evaluations.
+        name = f"{name}_{_slug(run.stem)}_{run.suffix[1:].lower()}"
     report = metrics_report(scores.probabilities, targets, meta["label_names"], float(thresholds),
                             empty_classes, tuned_thresholds=tuned, ranking=scores.logits)
     # What predict gives: the model's rule, with its floor of labels per image.
