@@ -101,6 +101,10 @@ DEFAULTS: dict[str, Any] = {
         # lr of the head's parameters relative to the backbone's (ML-GCN trains its graph head at
         # 10x the backbone's lr); 1 = one lr for all, as the paper's recipe
         "head_lr_scale": 1.0,
+        # Train the head alone (backbone frozen) for this many epochs first (fractions allowed),
+        # then everything: a fresh head's first large gradients do not reach pretrained features.
+        # 0 = off, the paper's recipe. docs/training.md, "Head warm-up".
+        "head_warmup_epochs": 0.0,
         # Label-mask training for heads that take known labels (C-Tran): reveal up to this share of
         # each image's labels to the model and score the rest; 0 = off. Other heads ignore it.
         "label_mask": 0.75,
@@ -169,7 +173,7 @@ POSITIVE = {"train.epochs", "train.batch_size", "train.lr", "data.image_size", "
             "train.pct_start", "train.div_factor", "train.final_div_factor", "train.log_every",
             "lr_finder.min_lr", "lr_finder.max_lr", "lr_finder.steps", "lr_finder.n_trials",
             "lr_finder.epochs_per_trial", "lr_finder.smoothing"}
-NON_NEGATIVE = {"eval.min_labels", "train.max_skipped_steps", "train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
+NON_NEGATIVE = {"train.head_warmup_epochs", "eval.min_labels", "train.max_skipped_steps", "train.weight_decay", "train.momentum", "train.ema", "train.grad_clip", "train.sam_rho",
                 "data.num_workers", "data.augment.shift", "data.augment.cutout"}
 AUTO_KEYS = {"train.lr"}  # may also be the string "auto"
 # Upper bounds, each with why: past them a value is a typo that would exhaust memory or overflow.

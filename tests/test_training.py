@@ -332,3 +332,29 @@ def test_a_run_starts_from_another_runs_checkpoint(colour_dataset, tmp_path) -> 
     log = (run / "train.log").read_text()
     assert f"model.weights {best}: backbone " in log
     assert "unused (e.g. ['head.fc.bias', 'head.fc.weight'])" in log  # the linear head's
+
+
+@pytest.mark.parametrize("sam", [False, True])
+def test_head_warmup_trains_the_head_alone_first(colour_dataset, tmp_path, sam) -> None:
+    """train.head_warmup_epochs: the backbone's weights (and batch-norm-free parameters) do not
+    move while the head learns; afterwards both do. SGD with weight decay and momentum: a frozen
+    weight must not even decay."""
+    cfg = default_config()
+    merge(cfg, tiny_config(colour_dataset, tmp_path, epochs=2, optimizer="sgd", momentum=0.9,
+                           weight_decay=0.1, sam=sam, head_warmup_epochs=1))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    trainer = Trainer(cfg, run, progress=False, quiet=True)
+    params = lambda part: {k: v.detach().clone() for k, v in part.named_parameters()}  # noqa: E731
+    backbone, head = params(trainer.model.backbone), params(trainer.model.head)
+    trainer.train_one_epoch()
+    assert all(torch.equal(v, backbone[k]) for k, v in trainer.model.backbone.named_parameters())
+    assert not all(torch.equal(v, head[k]) for k, v in trainer.model.head.named_parameters())
+    trainer.epoch += 1
+    trainer.train_one_epoch()
+    assert not any(torch.equal(v, backbone[k]) for k, v in
+                   trainer.model.backbone.named_parameters() if v.dim() > 1)
+    log = (run / "train.log").read_text()
+    steps = len(trainer.train_loader)
+    assert f"step 1: head warm-up, the backbone frozen for {steps} steps" in log
+    assert f"step {steps + 1}: head warm-up over: the whole model trains" in log

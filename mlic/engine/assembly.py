@@ -173,7 +173,7 @@ def build_trainee(config: dict[str, Any], run_dir: Path, log: logging.Logger, pr
     if channels_last:
         model.to(memory_format=torch.channels_last)
     train_model = distributed.prepare_model(model, device, train_cfg["sync_bn"], train_cfg["compile"],
-                                            log)
+                                            log, frozen_at_times=train_cfg["head_warmup_epochs"] > 0)
     failure_log = run_dir / "unreadable_images.txt"
     train_loader = make_loader(
         splits.train, train_transform(model.preprocessing, data["augment"]),

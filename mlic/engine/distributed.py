@@ -171,12 +171,15 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
 
 # ------------------------------------------------------------------------------------ model
 def prepare_model(model: nn.Module, device: torch.device, sync_bn: bool = False,
-                  compile_model: bool = False, log: logging.Logger | None = None) -> nn.Module:
+                  compile_model: bool = False, log: logging.Logger | None = None,
+                  frozen_at_times: bool = False) -> nn.Module:
     """The module the training step calls: ``model`` itself, or DDP around it, optionally compiled.
 
     ``model`` stays the plain module (its parameters are the ones DDP synchronises): save, evaluate
     and average (EMA) it, train through the returned one. SyncBatchNorm conversion happens in
     place (``model``'s BatchNorm layers are replaced, sharing their parameters and buffers).
+    ``frozen_at_times``: some steps leave parameters without a gradient (the head warm-up), so
+    DDP must look for unused parameters.
     """
     wrapped = model
     if is_distributed():
@@ -186,12 +189,14 @@ def prepare_model(model: nn.Module, device: torch.device, sync_bn: bool = False,
                                   "implementation); set train.sync_bn=false on CPUs")
             _convert_sync_batchnorm(model)
         unused = unused_parameters(model, device)
+        if frozen_at_times and not unused and log is not None:
+            log.info("DDP: the backbone is frozen during the head warm-up: find_unused_parameters on")
         if unused and log is not None:
             log.info(f"DDP: {len(unused)} parameters get no gradient in a training forward "
                      f"(e.g. {unused[0]}): find_unused_parameters on")
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(unused))
+            find_unused_parameters=bool(unused) or frozen_at_times)
     elif sync_bn and log is not None:
         log.info("note: train.sync_bn has no effect in a single-process run")
     if compile_model:

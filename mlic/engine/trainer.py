@@ -67,6 +67,9 @@ class Trainer:
         self.guard = NonFiniteGuard(train_cfg["max_skipped_steps"], self.step.scaler.is_enabled(),
                                     checkpoints_of(run_dir))
         self.label_mask = float(train_cfg["label_mask"]) if self.model.takes_label_states else 0.0
+        # Steps that train the head alone (train.head_warmup_epochs); counted in steps, so that a
+        # resume in the middle of the warm-up goes on with it.
+        self.head_warmup_steps = round(float(train_cfg["head_warmup_epochs"]) * len(self.train_loader))
         self.stopper = None
         if train_cfg["early_stopping"]:
             if self.val_loader is None:
@@ -177,6 +180,7 @@ class Trainer:
         for images, targets in bar:
             images = batch_to_device(images, self.device, self.channels_last)
             targets = targets.to(self.device, non_blocking=True)
+            self._freeze_backbone(self.global_step < self.head_warmup_steps)
             label_states = None
             if self.label_mask > 0:  # C-Tran: some labels are told, the loss is on the others
                 label_states, targets = reveal(targets, sample_revealed(targets, self.label_mask))
@@ -195,6 +199,13 @@ class Trainer:
             if count % self.config["train"]["log_every"] == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}")
         return distributed.mean_over_ranks(total / max(count, 1)), skipped, clipped
+
+    def _freeze_backbone(self, frozen: bool) -> None:
+        if frozen != self.model.backbone_frozen:
+            self.model.backbone_frozen = frozen
+            self.log.info(f"step {self.global_step + 1}: " + (
+                f"head warm-up, the backbone frozen for {self.head_warmup_steps} steps" if frozen
+                else "head warm-up over: the whole model trains"))
 
     def evaluate(self, model: MultiLabelClassifier, loader, desc: str) -> dict[str, Any]:
         return self.trainee.evaluate(model, loader, desc)

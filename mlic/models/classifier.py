@@ -27,6 +27,9 @@ class MultiLabelClassifier(nn.Module):
         self.head = head
         self.model_config = dict(model_config)
         self.preprocessing = preprocessing
+        # Head warm-up (train.head_warmup_epochs): the backbone runs without autograd, so its
+        # weights get no gradient and no update, and the backward pass skips it.
+        self.backbone_frozen = False
 
     @property
     def num_classes(self) -> int:
@@ -40,7 +43,8 @@ class MultiLabelClassifier(nn.Module):
     def forward(self, images: torch.Tensor, label_states: torch.Tensor | None = None) -> torch.Tensor:
         """``label_states`` (B, C): 1 known positive, 0 known negative, -1 unknown (the targets'
         encoding); only heads with ``takes_label_states`` use it, the others ignore it."""
-        features = self.backbone(images)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            features = self.backbone(images)
         if self.takes_label_states:
             return self.head(features, label_states)
         return self.head(features)
