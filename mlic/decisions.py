@@ -87,6 +87,14 @@ def positives_per_class(targets: ArrayLike) -> np.ndarray:
     return counts
 
 
+def positives_per_image(targets: ArrayLike) -> float:
+    """Mean number of known positives per image (0 with no image), counted a chunk of images at
+    a time (no full-size mask)."""
+    t = np.asarray(targets)
+    total = sum(int((t[rows] == 1).sum()) for rows in row_chunks(*t.shape))
+    return total / len(t) if len(t) else 0.0
+
+
 def rule_metrics(probabilities: ArrayLike, targets: ArrayLike, thresholds: ArrayLike = 0.5,
                  min_labels: int = 1) -> dict[str, float]:
     """What a rule gives on labelled data: CP/CR/CF1, OP/OR/OF1, mean per-class F1 (in [0, 1]),

@@ -232,3 +232,13 @@ def test_eval_of_a_large_split_goes_through_files_in_the_run_and_removes_them(ti
     assert all(p.parent == tiny_run_copy / SCORES_DIR for p in spilled)
     assert not (tiny_run_copy / SCORES_DIR).exists()
     assert through_files == in_memory
+
+
+@pytest.mark.parametrize("chunk", [SMALL, LARGE])
+def test_positives_counted_by_chunks(monkeypatch, chunk):
+    from mlic.decisions import positives_per_class, positives_per_image
+    _, targets = random_data(seed=5)
+    monkeypatch.setattr(mlic.chunks, "CHUNK_BYTES", chunk)
+    np.testing.assert_array_equal(positives_per_class(targets), (targets == 1).sum(axis=0))
+    assert positives_per_image(targets) == float((targets == 1).sum(axis=1).mean())
+    assert positives_per_image(targets[:0]) == 0.0

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mlic.decisions import MIN_POSITIVES, choose_thresholds, describe_rule, rule_metrics
+from mlic.decisions import (MIN_POSITIVES, choose_thresholds, describe_rule, positives_per_class,
+                            positives_per_image, rule_metrics)
 from mlic.engine.checkpoint import read_metadata, write_json
 from mlic.errors import ConfigError
 from mlic.run_folder import resolve_checkpoint
@@ -31,7 +32,7 @@ def choose_rule(run: str | Path, label_names: Sequence[str], probabilities: np.n
     run = Path(run)
     thresholds, fallback = choose_thresholds(probabilities, targets, min_positives)
     rules = {"at_0.5": (0.5, 0), "global": (fallback, 0), "tuned": (thresholds, min_labels)}
-    positives = (np.asarray(targets) == 1).sum(axis=0)
+    positives = positives_per_class(targets)
     summary = {"split": split, "source": source, "num_images": int(len(targets)),
                "on_training_images": split == "train",
                "rule": describe_rule(thresholds, min_labels), "min_labels": min_labels,
@@ -68,8 +69,6 @@ def model_rule(meta: dict[str, Any]) -> tuple[Any, int]:
 def decisions_block(probabilities: np.ndarray, targets: np.ndarray, thresholds: Any,
                     min_labels: int) -> dict[str, Any]:
     """The ``decisions`` entry of an evaluation report: the rule in words and what it gives."""
-    targets = np.asarray(targets)
     return {"rule": describe_rule(thresholds, min_labels),
-            "true_labels_per_image": float((targets == 1).sum(axis=1).mean()) if len(targets)
-            else 0.0,
+            "true_labels_per_image": positives_per_image(targets),
             **rule_metrics(probabilities, targets, thresholds, min_labels)}
