@@ -228,3 +228,12 @@ def test_corrupt_checkpoint(tmp_path, run, colour_dataset, capsys) -> None:
     image = colour_dataset["root"] / "images" / "img000.png"
     cli_error(capsys, ["predict", copy, image], weights, "unreadable weights")
     cli_error(capsys, ["eval", copy, "--device", "cpu", "--no-progress"], weights)
+
+
+def test_a_batch_of_one_is_a_clear_error_not_a_batch_norm_traceback(colour_dataset, tmp_path):
+    import mlic
+    from conftest import tiny_config
+    from mlic.errors import ConfigError
+    config = tiny_config(colour_dataset, tmp_path, epochs=1, batch_size=1)
+    with pytest.raises(ConfigError, match="set train.batch_size to 2 or more"):
+        mlic.train(config, progress=False, quiet=True)

@@ -184,7 +184,15 @@ class Trainer:
             label_states = None
             if self.label_mask > 0:  # C-Tran: some labels are told, the loss is on the others
                 label_states, targets = reveal(targets, sample_revealed(targets, self.label_mask))
-            loss, stepped = self.step(images, targets, label_states)
+            try:
+                loss, stepped = self.step(images, targets, label_states)
+            except ValueError as e:  # torch's batch norm on one value per channel
+                if "Expected more than 1 value per channel" not in str(e):
+                    raise
+                raise ConfigError(
+                    f"batch normalization cannot train on {len(images)} image(s) per batch "
+                    f"at {images.shape[-1]} px: each channel of a layer sees a single value; "
+                    f"set train.batch_size to 2 or more (per process, under DDP)") from None
             self.guard(loss, stepped, self.epoch + 1, self.global_step + 1)  # NaN/inf: stop
             skipped += not stepped
             clipped += self.step.clipped
