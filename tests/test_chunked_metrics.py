@@ -42,7 +42,8 @@ def hand_ap(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
         if not pos.any():
             continue
         index = np.arange(len(sk))
-        ahead = (sk[None, :] > sk[:, None]) | ((sk[None, :] == sk[:, None]) & (index[None, :] < index[:, None]))
+        tied_earlier = (sk[None, :] == sk[:, None]) & (index[None, :] < index[:, None])
+        ahead = (sk[None, :] > sk[:, None]) | tied_earlier  # ahead[i, j]: j ranks before i
         rank = 1 + ahead.sum(axis=1)                      # rank of every known entry
         hits_above = (ahead & pos[None, :]).sum(axis=1) + 1  # positives up to and including it
         ap[k] = np.mean(hits_above[pos] / rank[pos])

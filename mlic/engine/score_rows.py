@@ -1,7 +1,7 @@
 """An (N, C) array filled batch by batch, preallocated rather than concatenated at the end.
 
-Collecting batches in a list and concatenating them holds the scores twice at the end (and a float64
-cast a third time); at 125 k images x 9.6 k classes one float32 copy is already 4.8 GB. Here the rows
+Collecting batches in a list and concatenating them holds the scores twice at the end (and a
+float64 cast a third time); at 125 k images x 9.6 k classes one float32 copy is 4.8 GB. Here the rows
 go straight into one array, sized from the loader's length, kept in memory or, for a large split,
 in a memory-mapped ``.npy`` file in a given folder (the operating system pages it in and out).
 """
