@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mlic"
 # is a command (the layer of evaluation, export, tune).
 LAYERS = [
     ("mlic.errors", "mlic.atomic", "mlic.version"),
-    ("mlic.preprocessing", "mlic.metrics", "mlic.decisions", "mlic.label_alignment",
+    ("mlic.chunks", "mlic.preprocessing", "mlic.metrics", "mlic.decisions", "mlic.label_alignment",
      "mlic.spreadsheet"),
     ("mlic.data",),
     ("mlic.models", "mlic.losses"),
