@@ -129,11 +129,12 @@ def placeholder_images(folder: Path, images: int) -> None:
         return
     from PIL import Image
     folder.mkdir(parents=True, exist_ok=True)
-    source = folder / "source.jpg"
-    Image.new("RGB", (64, 64), (120, 60, 30)).save(source, quality=90)
     for d in range(min(images, 1000)):
         (folder / f"d{d:03d}").mkdir(exist_ok=True)
     for i in range(images):
+        if i % 50_000 == 0:  # a file takes at most 65,000 links (ext4)
+            source = folder / f"source{i // 50_000}.jpg"
+            Image.new("RGB", (64, 64), (120, 60, 30)).save(source, quality=90)
         target = folder / f"d{i % 1000:03d}" / f"{i:08d}.jpg"
         if not target.exists():
             os.link(source, target)
@@ -206,7 +207,11 @@ def child(step: str, spec: dict) -> dict:
 def run_child(step: str, spec: dict, env: dict | None = None, timeout: float = 3600) -> dict:
     command = [sys.executable, __file__, "--child", step, "--spec", json.dumps(spec)]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
+    for attempt in range(2):  # once more after a failure: a file being edited under a run
+        done = subprocess.run(command, capture_output=True, text=True, env=full_env,
+                              timeout=timeout)
+        if done.returncode == 0:
+            break
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -283,6 +288,14 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add(results: list[dict], result: dict, output: Path) -> None:
+    """Add (or replace) one measured configuration and save them all, so a crash keeps them."""
+    key = (result["format"], result["images"], result["classes"])
+    results[:] = [r for r in results if (r["format"], r["images"], r["classes"]) != key]
+    results.append(result)
+    output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,500000",
@@ -294,6 +307,8 @@ def main() -> None:
                         help="sizes for the start-up step (placeholder images); '' for none")
     parser.add_argument("--workdir", default="/tmp/mlic-scale")
     parser.add_argument("--output", default=str(HERE / "results" / "scale"))
+    parser.add_argument("--add", action="store_true",
+                        help="keep the results already in OUTPUT.json, adding these")
     parser.add_argument("--child")
     parser.add_argument("--spec")
     args = parser.parse_args()
@@ -302,7 +317,11 @@ def main() -> None:
         return
 
     work = Path(args.workdir)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     results = []
+    if args.add:  # earlier results stay, unless measured again now
+        results = json.loads(output.with_suffix(".json").read_text())
     for images in [int(s) for s in args.sizes.split(",") if s]:
         for classes in [int(c) for c in args.classes.split(",") if c]:
             for fmt in args.formats.split(","):
@@ -316,7 +335,7 @@ def main() -> None:
                 for step in args.steps.split(","):
                     result[step] = run_child(step, spec)
                     print(f"{fmt} {images} x {classes} {step}: {result[step]}", flush=True)
-                results.append(result)
+                add(results, result, output)
     for images in [int(s) for s in args.image_sizes.split(",") if s]:
         folder = work / f"images-{images}"
         placeholder_images(folder / "images", images)
@@ -328,11 +347,8 @@ def main() -> None:
         for step in ("first_check", "cached_check"):
             result[step] = run_child(step, spec, {"MLIC_CACHE_DIR": str(cache)})
             print(f"start-up {images} {step}: {result[step]}", flush=True)
-        results.append(result)
+        add(results, result, output)
 
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     table = [r for r in results if r["format"] != "csv-images"]
     text = markdown(table + [r for r in results if r["format"] == "csv-images"], args)
     output.with_suffix(".md").write_text(text)
