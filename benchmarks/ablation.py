@@ -4,6 +4,7 @@ plain timm loop, with the decoder's health and the training curves of every row.
     python benchmarks/ablation.py                          # every row, seed 0
     python benchmarks/ablation.py --rows 3 4 --seeds 1 2   # more seeds for the rows that decide
     python benchmarks/ablation.py --quick                  # 1 epoch at 64 px: a smoke run
+    python benchmarks/ablation.py --epochs 16 --rows 4 7 --results ablation_16_epochs
 
 Held-out drawing style: fit on Google + Apple + Facebook less a random 15% (the validation split:
 model selection, early stopping), test on Twitter; 159 labels. EfficientNet-Lite0 from the offline
@@ -132,17 +133,17 @@ def health(result: dict) -> str:
             f"{float(last['attn_ratio']):.2g} / {float(last['image_share']):.2g}")
 
 
-def merged_with_saved(results: list[dict]) -> list[dict]:
-    """This process's runs over those already in ablation.json (another process may be running
+def merged_with_saved(results: list[dict], stem: str) -> list[dict]:
+    """This process's runs over those already in <stem>.json (another process may be running
     other rows): a saved run of the same row, seed and clipping is replaced."""
-    path = RESULTS / "ablation.json"
+    path = RESULTS / f"{stem}.json"
     saved = json.loads(path.read_text()) if path.is_file() else []
     mine = {(r["row"], r["seed"], r["clip"]) for r in results}
     return [r for r in saved if (r["row"], r["seed"], r["clip"]) not in mine] + results
 
 
 def write_results(args, results: list[dict]) -> None:
-    results = merged_with_saved(results) if args.append else results
+    results = merged_with_saved(results, args.results) if args.append else results
     table = ["| row | clip | seeds | test mAP | best val mAP | decoder attn_ratio / image_share, "
              "epoch 1 → last | min per run |", "|---|---|---|---|---|---|---|"]
     for name, _ in ROWS:
@@ -162,11 +163,11 @@ def write_results(args, results: list[dict]) -> None:
             "Test: the Twitter drawings (1,621). Validation: a random 15% of the training drawings "
             "(selection of model vs EMA per epoch). Decoder health (mlic.engine.decoder_health, on "
             "64 validation images): a collapsed decoder has attn_ratio in the tens and image_share "
-            "near 0. Curves: ablation.png.\n\n" + "\n".join(table) + "\n")
+            f"near 0. Curves: {args.results}.png.\n\n" + "\n".join(table) + "\n")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ablation.md").write_text(text, encoding="utf-8")
-    (RESULTS / "ablation.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    plot_curves(results, RESULTS / "ablation.png")
+    (RESULTS / f"{args.results}.md").write_text(text, encoding="utf-8")
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    plot_curves(results, RESULTS / f"{args.results}.png")
 
 
 def plot_curves(results: list[dict], path: Path) -> None:
@@ -207,6 +208,9 @@ def main() -> None:
                         help="merge with the runs in benchmarks/results/ablation.json (other rows or "
                              "seeds, possibly from a process running beside this one)")
     parser.add_argument("--quick", action="store_true", help="1 epoch at 64 px, no results file")
+    parser.add_argument("--results", default="ablation",
+                        help="name of the results files (benchmarks/results/NAME.md, .json, .png): "
+                             "another budget gets its own table")
     import sys
     args = parser.parse_args()
     args.argv = sys.argv[1:]
