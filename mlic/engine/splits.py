@@ -104,9 +104,7 @@ def hold_out(table: LabelTable, fraction: float, seed: int) -> tuple[LabelTable,
 
 def write_held_out(table: LabelTable, path: Path, labels_path: Path) -> None:
     """The held-out validation split as a plain CSV with absolute image paths, and its labels."""
-    absolute = LabelTable([str(table.image_path(i).resolve()) for i in range(len(table))],
-                          table.label_names, table.targets, None, table.source)
-    save_csv(absolute, path, classes_path=labels_path)
+    save_csv(table, path, classes_path=labels_path, absolute_paths=True)
 
 
 def check_split_images(splits: Splits, data: Mapping[str, Any], log: logging.Logger,

@@ -33,6 +33,7 @@ from mlic.data.table import POSITIVE, UNKNOWN, LabelTable, label_name
 from mlic.errors import DataError, DataWarning
 
 COLUMNS = ("image", "labels", "unknown")
+WRITE_BLOCK = 4096  # images per dense block when writing
 SEPARATORS = ("|", ";", ",")  # the separators label lists are commonly written with
 
 
@@ -162,8 +163,9 @@ def check_separator(names: list[str], several: bool, separator: str, path: Path)
 
 
 def save_csv(table: LabelTable, path: str | Path, separator: str = "|",
-             classes_path: str | Path | None = None) -> None:
-    """Write ``table`` as an ``image,labels[,unknown]`` CSV.
+             classes_path: str | Path | None = None, absolute_paths: bool = False) -> None:
+    """Write ``table`` as an ``image,labels[,unknown]`` CSV; ``absolute_paths``: the images'
+    absolute paths (read the file back with ``allow_outside_root``), else the table's own.
 
     Reading it back without ``classes`` gives the labels sorted, without those no image has; pass
     ``classes_path`` to also write the label names in order, and give it to ``load_csv``.
@@ -173,17 +175,20 @@ def save_csv(table: LabelTable, path: str | Path, separator: str = "|",
     if bad:
         raise DataError(f"label name {bad[0]!r} cannot be written (empty, surrounding spaces or "
                         f"containing the separator {separator!r})", path)
-    has_unknown = bool((table.targets == UNKNOWN).any())
+    has_unknown = bool(table.count(UNKNOWN, axis=0).any())
     names = np.asarray(table.label_names, dtype=object)
     try:
         with open(path, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(COLUMNS if has_unknown else COLUMNS[:2])
-            for image, row in zip(table.paths, table.targets):
-                cells = [image, separator.join(names[row == POSITIVE])]
-                if has_unknown:
-                    cells.append(separator.join(names[row == UNKNOWN]))
-                writer.writerow(cells)
+            for start in range(0, len(table), WRITE_BLOCK):  # dense rows a block at a time
+                block = np.arange(start, min(start + WRITE_BLOCK, len(table)))
+                for i, row in zip(block, table.rows(block)):
+                    image = str(table.image_path(i).resolve()) if absolute_paths else table.paths[i]
+                    cells = [image, separator.join(names[row == POSITIVE])]
+                    if has_unknown:
+                        cells.append(separator.join(names[row == UNKNOWN]))
+                    writer.writerow(cells)
         if classes_path is not None:
             Path(classes_path).write_text("".join(f"{n}\n" for n in table.label_names),
                                           encoding="utf-8")
