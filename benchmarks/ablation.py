@@ -22,7 +22,7 @@ order, each adding one piece to the row above:
 Every SGD row clips the gradient norm at 10 (``train.grad_clip``, mlic's default: without it the
 ML-Decoder collapses in its first steps, docs/training.md), the backbone's and the head's apart
 (``train.grad_clip_scope: parts``, the default; benchmarks/gradient_share.py shows why); one more
-row runs the full recipe without clipping to show that collapse, and two more train the head alone
+row runs the full recipe without clipping to show that collapse, and one more trains the head alone
 for the first epoch (``train.head_warmup_epochs=1``). Each run records how it clipped
 (the table's "clip" column), so runs from before the per-part default stay told apart. Then the demo recipe (linear, ASL, AdamW, EMA) and the plain
 timm + BCE loop of benchmarks/plain_timm.py. Writes benchmarks/results/ablation.md (table, curves
@@ -76,8 +76,6 @@ ROWS = [
     # for the first epoch (train.head_warmup_epochs), so its first gradients never reach the
     # pretrained backbone.
     ("+ AAM, head warm-up 1 epoch", SGD + SAM + MLD_COS + AAM + ["train.head_warmup_epochs=1"]),
-    ("+ label graph, head warm-up 1 epoch", SGD + SAM + GRAPH + AAM +
-     ["train.head_warmup_epochs=1"]),
 ]
 
 
