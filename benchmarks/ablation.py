@@ -174,11 +174,11 @@ def plot_curves(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in results:
+    for i, r in enumerate(results):
         if not r["curve"] or r["seed"] != min(x["seed"] for x in results if x["row"] == r["row"]):
             continue
         epochs = [int(c["epoch"]) for c in r["curve"]]
-        style = {"marker": "o", "label": f"{r['row']} (clip {r['clip']})",
+        style = {"marker": "o", "label": f"{r['row']} (clip {r['clip']})", "color": f"C{i % 10}",
                  "linestyle": "--" if r["clip"].endswith("per model") else "-"}  # the old global clip
         left.plot(epochs, [100 * float(c["val_mAP"]) for c in r["curve"]], **style)
         if any("image_share" in c for c in r["curve"]):
