@@ -52,8 +52,9 @@ def load_splits(data: Mapping[str, Any], seed: int = 0) -> Splits:
         splits.notes.append(f"data.hide_fraction: {hidden} training labels hidden (set to unknown)")
     unlabelled = int((splits.train.positives.per_row() == 0).sum())
     if unlabelled:
-        splits.notes.append(f"{unlabelled} of {len(splits.train)} training images have no positive label "
-                            f"(kept: they are negatives for every label they do not mark unknown)")
+        splits.notes.append(f"{unlabelled} of {len(splits.train)} training images have no positive "
+                            f"label (kept: they are negatives for every label they do not mark "
+                            f"unknown)")
     missing = sorted(set(names) - set(train.label_names))
     if missing:
         splits.notes.append(f"{len(missing)} labels of data.classes never occur in the training split")

@@ -354,7 +354,6 @@ class Trainer:
         self.log.info(f"done: {self.run_dir}")
         close_logger(self.log)
 
-
     def _untuned_note(self) -> str:
         why = ("there is no validation split" if self.splits.val is None
                else "eval.tune_thresholds is off")
