@@ -29,7 +29,7 @@ from tqdm import tqdm
 from mlic.data.dataset import check_images
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
-from mlic.engine.decision_rule import decisions_block, model_rule
+from mlic.engine.decision_rule import decisions_block, model_rule, model_thresholds
 from mlic.engine.checkpoint import load_model, write_json
 from mlic.engine.evaluate import (Scores, expected_rows, metrics_report, predict_scores,
                                   score_arrays)
@@ -43,7 +43,6 @@ from mlic.predictions import predictions_file, save_predictions
 from mlic.report import write_report_or_warn
 from mlic.run_folder import CHECKPOINTS, is_run_folder, run_split
 from mlic.spreadsheet import safe_row
-from mlic.thresholds import model_thresholds
 
 EXPORTED = (".onnx", ".xml")
 SCORES_DIR = ".eval_scores"  # in the run: a large split's scores, memory-mapped, removed after

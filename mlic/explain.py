@@ -42,7 +42,7 @@ from mlic.decisions import decide
 from mlic.engine.assembly import resolve_device
 from mlic.engine.checkpoint import load_model
 from mlic.errors import ConfigError, did_you_mean
-from mlic.thresholds import model_thresholds
+from mlic.engine.decision_rule import model_thresholds
 
 METHODS = ("auto", "recipro_cam", "attention")
 INDEX = "index.json"

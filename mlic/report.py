@@ -284,8 +284,9 @@ def _evaluation(f: _RunFiles) -> str:
             f"per evaluation: the run's splits, other data (mlic eval --data), the known-label "
             f"protocol, exported models (mlic eval MODEL.onnx / .xml); under each, the metrics at "
             f"the tuned thresholds and of the decisions as mlic predict makes them (at least "
-            f"one label per image by default). Percentages. mAP does not depend on the threshold; mean F1 is the mean of the per-class F1 (CF1 is the "
-            f"harmonic mean of CP and CR).</p>")
+            f"one label per image by default). Percentages. mAP does not depend on the threshold; "
+            f"mean F1 is the mean of the per-class F1 (CF1 is the harmonic mean of CP and "
+            f"CR).</p>")
 
 
 def _model_of(report: dict[str, Any]) -> str:

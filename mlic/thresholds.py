@@ -15,14 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from mlic.data.dataset import check_images
 from mlic.data.formats import load_table
 from mlic.data.transforms import eval_transform
 from mlic.decisions import MIN_POSITIVES
 from mlic.engine.checkpoint import load_model
-from mlic.engine.decision_rule import choose_rule, set_model_thresholds  # noqa: F401  (API)
+from mlic.engine.decision_rule import choose_rule
 from mlic.engine.evaluate import predict_scores
 from mlic.engine.assembly import resolve_device
 from mlic.engine.splits import make_loader
@@ -68,8 +66,3 @@ def _no_split_hint(split: str | None) -> str:
     return ("; tune on held-out images with --data ANNOTATIONS (thresholds tuned on the images "
             "the model was trained on fit what it memorised), or on them anyway with --split train")
 
-
-def model_thresholds(meta: Mapping[str, Any]) -> np.ndarray | None:
-    """Per-class thresholds of a model if it has tuned ones, else None."""
-    value = meta.get("thresholds")
-    return np.asarray(value, dtype=np.float64) if isinstance(value, list) else None

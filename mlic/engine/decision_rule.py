@@ -60,6 +60,12 @@ def set_model_thresholds(run: str | Path, thresholds: list[float] | float,
     write_json(meta_path, meta)
 
 
+def model_thresholds(meta: dict[str, Any]) -> np.ndarray | None:
+    """Per-class thresholds of a model if it has tuned ones, else None."""
+    value = meta.get("thresholds")
+    return np.asarray(value, dtype=np.float64) if isinstance(value, list) else None
+
+
 def model_rule(meta: dict[str, Any]) -> tuple[Any, int]:
     """(thresholds, min_labels) as ``predict`` applies them: the tuned per-class thresholds when
     the model has them, else its single threshold (0.5), and its floor of labels per image."""
