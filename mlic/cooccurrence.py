@@ -20,8 +20,9 @@ HEAT_LABELS, PAIRS = 20, 15
 
 
 def pair_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(C, C): images where label i is set in ``a`` and label j in ``b`` (both (N, C) booleans),
-    as a sparse product: an image has a few labels of thousands, so this is fast on large sets."""
+    """(C, C): images where label i is set in ``a`` and label j in ``b`` (both (N, C) booleans,
+    dense or scipy sparse), as a sparse product: an image has a few labels of thousands, so this
+    is fast on large sets."""
     from scipy import sparse
     product = sparse.csr_matrix(a, dtype=np.float32).T @ sparse.csr_matrix(b, dtype=np.float32)
     return product.toarray()
@@ -38,8 +39,8 @@ def training_pairs(data) -> tuple[np.ndarray, np.ndarray]:
     from mlic.data.stats import positives_matrix
     positive = positives_matrix(data)
     keep = top_columns(np.asarray(positive.sum(axis=0)).ravel())
-    kept = positive[:, keep].astype(np.float32)
-    return keep, (kept.T @ kept).toarray()
+    kept = positive[:, keep]
+    return keep, pair_counts(kept, kept)
 
 
 def cooccurrence_section(keep: np.ndarray, counts: np.ndarray, labels: Sequence[str]
